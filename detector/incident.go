@@ -1,0 +1,119 @@
+package detector
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Kind says what an incident is about: one flooding source, or one service
+// flooded from many (possibly spoofed) sources.
+type Kind string
+
+const (
+	// KindSource is a single source address with a half-open flood.
+	KindSource Kind = "source"
+	// KindService is a distributed or spoofed flood against one local
+	// address:port, where no single source need cross the per-source bar.
+	KindService Kind = "service"
+)
+
+// Severity ranks incidents so that alert sinks can filter and map them onto
+// their own scales (PagerDuty, Alertmanager labels).
+type Severity string
+
+const (
+	SeverityInfo     Severity = "info"
+	SeverityWarning  Severity = "warning"
+	SeverityCritical Severity = "critical"
+)
+
+// Stage is where an incident is in its lifecycle. Alerts are sent on every
+// stage change and deduplicated on the incident ID.
+type Stage string
+
+const (
+	StageOpened   Stage = "opened"
+	StageUpdated  Stage = "updated"
+	StageResolved Stage = "resolved"
+)
+
+// SourceFigure is one source's share of a service incident.
+type SourceFigure struct {
+	Addr   netip.Addr `json:"addr"`
+	SYN    uint64     `json:"syn"`
+	ACK    uint64     `json:"ack"`
+	SYNPPS float64    `json:"syn_per_second"`
+}
+
+// KernelImpact is the server TCP stack's own view of the damage, taken from
+// /proc/net/netstat and the listeners' queues, so that an incident carries
+// evidence and not only synguard's opinion. Counts are deltas over the
+// incident so far.
+type KernelImpact struct {
+	ListenOverflows uint64 `json:"listen_overflows"`
+	ListenDrops     uint64 `json:"listen_drops"`
+	ReqQFullDrop    uint64 `json:"req_q_full_drop"`
+	SyncookiesSent  uint64 `json:"syncookies_sent"`
+	SyncookiesRecv  uint64 `json:"syncookies_recv"`
+	SyncookiesFail  uint64 `json:"syncookies_failed"`
+	// Summary is the figures in words, e.g. "port 443: 1,240 handshakes
+	// dropped by the kernel in the last minute".
+	Summary string `json:"summary,omitempty"`
+}
+
+// Ban is a decision to drop a prefix until a time. The daemon applies it to
+// the kernel blocklist; replay only reports it.
+type Ban struct {
+	Prefix netip.Prefix `json:"prefix"`
+	From   time.Time    `json:"from"`
+	Until  time.Time    `json:"until"`
+	Reason string       `json:"reason"`
+	// Offence counts this prefix's bans so far (1 for a first offender); ban
+	// length escalates with it.
+	Offence int `json:"offence"`
+	// IncidentID links the ban to the incident that caused it.
+	IncidentID string `json:"incident_id,omitempty"`
+}
+
+// Incident is one flood as the detector sees it. It is a value: the detector
+// hands out copies, so receivers may keep them.
+type Incident struct {
+	// ID is stable over the incident's life and unique across restarts, so
+	// alert sinks can deduplicate (PagerDuty dedup_key, Alertmanager labels).
+	ID       string   `json:"id"`
+	Kind     Kind     `json:"kind"`
+	Stage    Stage    `json:"stage"`
+	Severity Severity `json:"severity"`
+	// Addr is the source address, or ip:port of the service ([v6]:port).
+	Addr string `json:"addr"`
+	// Source is set for KindSource, Service for KindService.
+	Source  netip.Addr     `json:"-"`
+	Service netip.AddrPort `json:"-"`
+
+	OpenedAt   time.Time  `json:"opened_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	ResolvedAt *time.Time `json:"resolved_at"`
+
+	// SYN and ACK are the counts seen since the incident opened.
+	SYN uint64 `json:"syn"`
+	ACK uint64 `json:"ack"`
+	// SYNPerSecond and HalfOpenShare are the smoothed figures that fired or
+	// last updated the incident.
+	SYNPerSecond  float64 `json:"syn_per_second"`
+	HalfOpenShare float64 `json:"half_open_share"`
+	// PeakSYNPerSecond is the highest smoothed SYN rate seen.
+	PeakSYNPerSecond float64 `json:"peak_syn_per_second"`
+
+	// DistinctSources and TopSources describe a service incident's senders.
+	DistinctSources int            `json:"distinct_sources,omitempty"`
+	TopSources      []SourceFigure `json:"top_sources,omitempty"`
+
+	Kernel KernelImpact `json:"kernel"`
+
+	// Reason says in words why it fired, with figures and thresholds.
+	Reason string `json:"reason"`
+
+	// Bans lists what the detector decided for this incident (empty in
+	// observe mode).
+	Bans []Ban `json:"bans,omitempty"`
+}
