@@ -36,7 +36,7 @@ test: ## Run every test tier (privileged tiers skip with a reason when not root)
 .PHONY: fuzz
 fuzz: ## Fuzz the XDP program against the Go reference classifier for FUZZTIME.
 	@if [ "$$(id -u)" = 0 ]; then \
-		$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) ./bpf; \
+		$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 300x ./bpf; \
 	else echo "fuzz: skipped, needs root to load the XDP program"; fi
 
 .PHONY: bench
@@ -52,3 +52,6 @@ lint: ## gofmt, go vet and clang-format checks.
 .PHONY: clean
 clean: ## Remove build output.
 	rm -rf synguard build dist
+
+# install, uninstall, deb, man and completions.
+include packaging/packaging.mk

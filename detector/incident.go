@@ -97,12 +97,23 @@ type Incident struct {
 	// SYN and ACK are the counts seen since the incident opened.
 	SYN uint64 `json:"syn"`
 	ACK uint64 `json:"ack"`
+	// Dropped counts the packets the kernel dropped under this incident's
+	// bans (not counted in SYN and ACK: the data plane drops them before
+	// counting).
+	Dropped uint64 `json:"dropped"`
 	// SYNPerSecond and HalfOpenShare are the smoothed figures that fired or
 	// last updated the incident.
 	SYNPerSecond  float64 `json:"syn_per_second"`
 	HalfOpenShare float64 `json:"half_open_share"`
 	// PeakSYNPerSecond is the highest smoothed SYN rate seen.
 	PeakSYNPerSecond float64 `json:"peak_syn_per_second"`
+	// SYNThreshold and HalfOpenThreshold are the bars the figures crossed
+	// (for a service: its baseline plus the allowed deviation, at least
+	// service_syn_rate; the half-open share then applies to the SYNs above
+	// the baseline). BaselineSYNPerSecond is a service's learned normal.
+	SYNThreshold         float64 `json:"syn_threshold"`
+	HalfOpenThreshold    float64 `json:"half_open_threshold"`
+	BaselineSYNPerSecond float64 `json:"baseline_syn_per_second,omitempty"`
 
 	// DistinctSources and TopSources describe a service incident's senders.
 	DistinctSources int            `json:"distinct_sources,omitempty"`

@@ -1,0 +1,40 @@
+package alert
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/synguard/synguard/detector"
+)
+
+func TestDescribe(t *testing.T) {
+	res := event(sourceIncident("r", detector.StageResolved, detector.SeverityWarning), ModeEnforce)
+	if got, want := describe(res).Headline, "[RESOLVED] SYN flood on web-1 (eth0) ended after 4m12s: peak 15,020 SYN/s from source 198.51.100.7"; got != want {
+		t.Errorf("resolved headline\n got %q\nwant %q", got, want)
+	}
+	obs := event(sourceIncident("o", detector.StageOpened, detector.SeverityWarning), ModeObserve)
+	if got := describe(obs).Action; got != "observe mode only: nothing blocked" {
+		t.Errorf("observe action %q", got)
+	}
+	in := sourceIncident("m", detector.StageOpened, detector.SeverityWarning)
+	for i := range 4 {
+		in.Bans = append(in.Bans, detector.Ban{Prefix: netip.MustParsePrefix("203.0.113.0/24"), Until: t0.Add(time.Duration(i) * time.Minute), Offence: 1})
+	}
+	got := describe(event(in, ModeEnforce)).Action
+	if !strings.HasPrefix(got, "banned 198.51.100.7 until 2026-11-28 21:10:00 UTC (offence 2); banned 203.0.113.0/24 until 2026-11-28 21:00:00 UTC;") ||
+		!strings.HasSuffix(got, "and 2 more bans") {
+		t.Errorf("many bans: %q", got)
+	}
+	ev := event(serviceIncident("c", detector.StageOpened, detector.SeverityCritical), ModeEnforce)
+	ev.Command = "synguard top --service 192.0.2.10:443"
+	if got := describe(ev).Command; got != ev.Command {
+		t.Errorf("command override %q", got)
+	}
+	for n, want := range map[uint64]string{0: "0", 999: "999", 1000: "1,000", 1234567: "1,234,567", 12345678901: "12,345,678,901"} {
+		if got := group(n); got != want {
+			t.Errorf("group(%d) = %q", n, got)
+		}
+	}
+}

@@ -1,0 +1,100 @@
+package alert
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/synguard/synguard/detector"
+)
+
+// batch is what one message covers: the latest event of each incident that
+// changed since the last message, most important first.
+type batch struct {
+	events []Event
+	now    time.Time
+}
+
+// format turns batches into a sink's wire format.
+type format interface {
+	// build returns the requests for a batch and a commit function to call
+	// once all of them were delivered (sinks with state update it there).
+	build(b batch) (reqs []request, commit func())
+	// resend returns requests that refresh still-firing alerts, or nil.
+	resend(now time.Time) []request
+}
+
+// sortEvents puts open incidents before resolved ones, then by severity,
+// then by SYN rate, so a truncated list keeps what matters.
+func sortEvents(evs []Event) {
+	slices.SortFunc(evs, func(a, b Event) int {
+		ar, br := a.Incident.Stage == detector.StageResolved, b.Incident.Stage == detector.StageResolved
+		if ar != br {
+			if ar {
+				return 1
+			}
+			return -1
+		}
+		if c := cmp.Compare(severityRank(b.Incident.Severity), severityRank(a.Incident.Severity)); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.Incident.SYNPerSecond, a.Incident.SYNPerSecond); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Incident.ID, b.Incident.ID)
+	})
+}
+
+// stageCounts counts a batch's events per stage.
+func stageCounts(evs []Event) map[string]int {
+	c := map[string]int{}
+	for _, e := range evs {
+		c[string(e.Incident.Stage)]++
+	}
+	return c
+}
+
+// digestHeadline summarises a batch of several incidents in one line.
+func digestHeadline(evs []Event) string {
+	if len(evs) == 1 {
+		return describe(evs[0]).Headline
+	}
+	c := stageCounts(evs)
+	var parts []string
+	for _, st := range []detector.Stage{detector.StageOpened, detector.StageUpdated, detector.StageResolved} {
+		if n := c[string(st)]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %s", group(uint64(n)), st))
+		}
+	}
+	top := evs[0]
+	sev := strings.ToUpper(string(top.Incident.Severity))
+	if top.Incident.Stage == detector.StageResolved {
+		sev = "RESOLVED"
+	}
+	return fmt.Sprintf("[%s] %s SYN-flood incidents on %s (%s); worst: %s",
+		sev, group(uint64(len(evs))), hostOf(evs), strings.Join(parts, ", "), describe(top).Headline)
+}
+
+func hostOf(evs []Event) string {
+	for _, e := range evs {
+		if e.Host != "" {
+			return e.Host
+		}
+	}
+	return "unknown host"
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8Start(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+func utf8Start(b byte) bool { return b&0xC0 != 0x80 }

@@ -1,0 +1,379 @@
+package detector
+
+import (
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func banConfig() Config {
+	c := DefaultConfig()
+	c.BanBase = time.Minute
+	c.BanFactor = 3
+	c.BanMax = 5 * time.Minute
+	c.BanGrace = 20 * time.Second
+	c.ResolveAfter = 10 * time.Second
+	return c
+}
+
+// run simulates seconds of traffic: flood(i) says whether the attacker
+// floods in second i.
+func run(s *sim, from, to int, flood func(i int) bool, attackers ...netip.Addr) {
+	for i := from; i < to; i++ {
+		clients(s, 5, 10)
+		if flood(i) {
+			for _, a := range attackers {
+				s.send(a, web, 300, 0)
+			}
+		}
+		s.tick(time.Second)
+	}
+}
+
+func bansOf(s *sim) []Ban {
+	var r []Ban
+	for _, dec := range s.all {
+		r = append(r, dec.Bans...)
+	}
+	return r
+}
+
+func TestObserveModeBansNothing(t *testing.T) {
+	s := newSim(t, banConfig(), Options{Enforce: false})
+	run(s, 0, 30, func(int) bool { return true }, addr("203.0.113.1"))
+	if len(s.opened(KindSource)) != 1 || len(bansOf(s)) != 0 {
+		t.Errorf("observe mode: %d incidents, bans %v; want 1 incident, no bans", len(s.opened(KindSource)), bansOf(s))
+	}
+	if e := s.d.Explain(addr("203.0.113.1")); !e.Flagged || e.Ban != nil || !strings.Contains(e.Text, "observe mode") {
+		t.Errorf("explain: %+v", e)
+	}
+}
+
+func TestBanRenewedWhileSendingLiftedAfterGrace(t *testing.T) {
+	cfg := banConfig()
+	s := newSim(t, cfg, Options{Enforce: true})
+	a := addr("203.0.113.1")
+	// Floods for 150 s: the 1-minute ban must be renewed twice, the kernel
+	// drop counters being the only sign of life while it is banned.
+	run(s, 0, 150, func(i int) bool { return true }, a)
+	bans := bansOf(s)
+	if len(bans) < 3 || bans[0].Prefix != netip.MustParsePrefix("203.0.113.1/32") || bans[0].Offence != 1 {
+		t.Fatalf("bans %+v, want a /32 ban renewed at least twice", bans)
+	}
+	for _, b := range bans[1:] {
+		if b.Offence != 1 || !b.Until.After(bans[0].Until) {
+			t.Errorf("renewal %+v: want same offence, later expiry", b)
+		}
+	}
+	if _, ok := s.bans[netip.MustParsePrefix("203.0.113.1/32")]; !ok {
+		t.Fatalf("ban lapsed while the source was still sending")
+	}
+	if len(s.opened(KindSource)) != 1 {
+		t.Errorf("incidents %v, want one that stays open while banned and sending", s.opened(KindSource))
+	}
+	// Quiet: lifted once expired and quiet for the grace period.
+	stop := s.now
+	run(s, 150, 400, func(int) bool { return false }, a)
+	var lifted time.Time
+	for i, dec := range s.all {
+		for _, p := range dec.Unbans {
+			if p == netip.MustParsePrefix("203.0.113.1/32") {
+				lifted = t0.Add(time.Duration(i) * time.Second)
+			}
+		}
+	}
+	if lifted.IsZero() {
+		t.Fatalf("ban never lifted")
+	}
+	if lifted.Sub(stop) < cfg.BanGrace || lifted.Sub(stop) > cfg.BanMax+cfg.BanGrace {
+		t.Errorf("lifted %v after the flood stopped, want between grace %v and %v", lifted.Sub(stop), cfg.BanGrace, cfg.BanMax+cfg.BanGrace)
+	}
+	var resolved bool
+	for _, dec := range s.all {
+		for _, inc := range dec.Incidents {
+			resolved = resolved || inc.Stage == StageResolved
+		}
+	}
+	if !resolved {
+		t.Errorf("incident not resolved after the flood stopped")
+	}
+}
+
+func TestBanEscalatesForRepeatOffenders(t *testing.T) {
+	cfg := banConfig()
+	cfg.BanGrace = 0
+	s := newSim(t, cfg, Options{Enforce: true})
+	a := addr("203.0.113.1")
+	var lengths []time.Duration
+	for round := range 4 {
+		start := round * 600
+		run(s, start, start+600, func(i int) bool { return i < start+3 }, a)
+	}
+	for _, b := range bansOf(s) {
+		lengths = append(lengths, b.Until.Sub(b.From))
+		if b.Offence != len(lengths) {
+			t.Errorf("ban %d has offence %d", len(lengths), b.Offence)
+		}
+	}
+	want := []time.Duration{time.Minute, 3 * time.Minute, 5 * time.Minute, 5 * time.Minute}
+	if len(lengths) != len(want) {
+		t.Fatalf("ban lengths %v, want %v", lengths, want)
+	}
+	for i := range want {
+		if lengths[i] != want[i] {
+			t.Errorf("ban lengths %v, want %v (base 1m, factor 3, max 5m)", lengths, want)
+			break
+		}
+	}
+}
+
+func TestProtectedNeverBanned(t *testing.T) {
+	gw := addr("10.1.0.1")
+	ssh := addr("198.51.100.22")
+	s := newSim(t, banConfig(), Options{Enforce: true, Protected: []netip.Prefix{
+		netip.MustParsePrefix("10.1.0.0/24"), netip.PrefixFrom(ssh, 32)}})
+	run(s, 0, 20, func(int) bool { return true }, gw, ssh, addr("203.0.113.9"))
+	for _, b := range bansOf(s) {
+		if b.Prefix.Contains(gw) || b.Prefix.Contains(ssh) {
+			t.Errorf("protected address banned: %+v", b)
+		}
+	}
+	inc := s.opened(KindSource)["10.1.0.1"]
+	if !strings.Contains(inc.Reason, "not banned: 10.1.0.1 is protected by 10.1.0.0/24") {
+		t.Errorf("incident for a protected source does not say why it is not banned: %q", inc.Reason)
+	}
+	if e := s.d.Explain(ssh); e.ProtectedBy == nil || e.Ban != nil {
+		t.Errorf("explain %+v", e)
+	}
+	// Protecting a banned address later lifts its ban at once.
+	dec := s.d.SetProtected(s.now, []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")})
+	if len(dec.Unbans) != 1 || dec.Unbans[0] != netip.MustParsePrefix("203.0.113.9/32") {
+		t.Errorf("SetProtected: %+v, want the ban of 203.0.113.9 lifted", dec)
+	}
+}
+
+func TestPrefixAggregationAndCap(t *testing.T) {
+	cfg := banConfig()
+	cfg.AggregateSources = 4
+	cfg.MaxBans = 6
+	s := newSim(t, cfg, Options{Enforce: true})
+	var attackers []netip.Addr
+	for i := range 6 {
+		attackers = append(attackers, netip.AddrFrom4([4]byte{203, 0, 113, byte(10 + i)}))
+	}
+	for i := range 8 {
+		attackers = append(attackers, netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}))
+	}
+	for i := range 4 {
+		attackers = append(attackers, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, byte(i + 1)}))
+	}
+	run(s, 0, 5, func(int) bool { return true }, attackers...)
+	want := map[string]bool{"203.0.113.0/24": true, "192.0.2.0/24": true, "2001:db8:0:7::/64": true}
+	for p := range s.bans {
+		if !want[p.String()] {
+			t.Errorf("active ban %v, want only the aggregated prefixes %v", p, want)
+		}
+	}
+	if len(s.bans) != 3 {
+		t.Errorf("active bans %v", s.bans)
+	}
+	// Cap: with MaxBans 1 and no aggregation, the second source is not banned.
+	cfg.AggregateSources = 0
+	cfg.MaxBans = 1
+	s = newSim(t, cfg, Options{Enforce: true})
+	run(s, 0, 5, func(int) bool { return true }, attackers[0], attackers[6])
+	if len(s.bans) != 1 {
+		t.Errorf("bans %v beyond max_bans 1", s.bans)
+	}
+	capped := 0
+	for _, inc := range s.opened(KindSource) {
+		if strings.Contains(inc.Reason, "not banned: the ban cap (max_bans 1) is reached") {
+			capped++
+		}
+	}
+	if capped != 1 {
+		t.Errorf("%d incidents say the cap is reached, want 1: %v", capped, s.opened(KindSource))
+	}
+}
+
+// An aggregate never covers a protected address: the sources are banned
+// one by one instead.
+func TestNoAggregateOverProtected(t *testing.T) {
+	cfg := banConfig()
+	cfg.AggregateSources = 2
+	s := newSim(t, cfg, Options{Enforce: true, Protected: []netip.Prefix{netip.MustParsePrefix("203.0.113.1/32")}})
+	run(s, 0, 5, func(int) bool { return true }, addr("203.0.113.10"), addr("203.0.113.11"), addr("203.0.113.12"))
+	if len(s.bans) != 3 {
+		t.Errorf("bans %v, want three /32", s.bans)
+	}
+	for p := range s.bans {
+		if p.Bits() != 32 {
+			t.Errorf("ban %v covers a protected address", p)
+		}
+	}
+}
+
+func TestIncidentLifecycleAndIDs(t *testing.T) {
+	cfg := banConfig()
+	cfg.UpdateEvery = 5 * time.Second
+	s := newSim(t, cfg, Options{Host: "web1"})
+	a := addr("203.0.113.1")
+	run(s, 0, 60, func(i int) bool { return i >= 3 && i < 20 }, a)
+	var stages []Stage
+	ids := map[string]bool{}
+	for _, dec := range s.all {
+		for _, inc := range dec.Incidents {
+			stages = append(stages, inc.Stage)
+			ids[inc.ID] = true
+		}
+	}
+	if len(ids) != 1 || stages[0] != StageOpened || stages[len(stages)-1] != StageResolved {
+		t.Fatalf("stages %v ids %v: want one id, opened ... resolved", stages, ids)
+	}
+	updates := len(stages) - 2
+	if updates < 2 || updates > 5 {
+		t.Errorf("%d updates over a 17 s incident with update_every 5s", updates)
+	}
+	for id := range ids {
+		if !strings.HasPrefix(id, "web1-") {
+			t.Errorf("id %q does not name the host", id)
+		}
+	}
+	if len(s.d.Open()) != 0 {
+		t.Errorf("open incidents after resolution: %v", s.d.Open())
+	}
+	// Same flood again later: a new incident with a new id.
+	run(s, 60, 100, func(i int) bool { return i >= 70 && i < 75 }, a)
+	n := 0
+	for _, dec := range s.all {
+		for _, inc := range dec.Incidents {
+			if inc.Stage == StageOpened {
+				n++
+				if n == 2 && ids[inc.ID] {
+					t.Errorf("second incident reuses id %s", inc.ID)
+				}
+			}
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d incidents opened, want 2: %v", n, stagesOf(s.all))
+		for _, dec := range s.all {
+			for _, inc := range dec.Incidents {
+				t.Logf("%v %s %s %s", inc.UpdatedAt.Sub(t0), inc.Stage, inc.ID, inc.Reason)
+			}
+		}
+	}
+}
+
+// A restart restores bans (with their expiry), escalation history and open
+// incidents: a continuing flood neither re-opens the incident nor resets
+// the ban timer, and the resolution keeps the id.
+func TestStateSurvivesRestart(t *testing.T) {
+	cfg := banConfig()
+	s := newSim(t, cfg, Options{Enforce: true})
+	a := addr("203.0.113.1")
+	run(s, 0, 10, func(int) bool { return true }, a)
+	open := s.d.Open()
+	if len(open) != 1 {
+		t.Fatalf("open %v", open)
+	}
+	raw, err := json.Marshal(s.d.State())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st State
+	if err := json.Unmarshal(raw, &st); err != nil {
+		t.Fatal(err)
+	}
+	d2 := New(cfg, Options{Enforce: true})
+	if err := d2.Restore(st); err != nil {
+		t.Fatal(err)
+	}
+	if got := d2.Open(); len(got) != 1 || got[0].ID != open[0].ID {
+		t.Fatalf("restored open incidents %v, want %s", got, open[0].ID)
+	}
+	if e := d2.Explain(a); e.Ban == nil || !e.Ban.Until.Equal(s.bans[netip.PrefixFrom(a, 32)].Until) {
+		t.Fatalf("restored ban %+v, want until %v", e.Ban, s.bans[netip.PrefixFrom(a, 32)].Until)
+	}
+	s.d = d2
+	s.d.Observe(Snapshot{Time: s.now}) // the restarted daemon's first (baseline) snapshot
+	run(s, 10, 200, func(i int) bool { return i < 40 }, a)
+	for _, dec := range s.all[10:] {
+		for _, inc := range dec.Incidents {
+			if inc.ID != open[0].ID || inc.Stage == StageOpened {
+				t.Errorf("after restart: %s %s, want only updates/resolution of %s", inc.Stage, inc.ID, open[0].ID)
+			}
+		}
+	}
+	if !strings.Contains(strings.Join(stagesOf(s.all[10:]), ","), "resolved") {
+		t.Errorf("restored incident never resolved")
+	}
+	st.Version = 9
+	if err := New(cfg, Options{}).Restore(st); err == nil {
+		t.Errorf("unknown state version accepted")
+	}
+}
+
+func stagesOf(all []Decisions) []string {
+	var r []string
+	for _, dec := range all {
+		for _, inc := range dec.Incidents {
+			r = append(r, string(inc.Stage))
+		}
+	}
+	return r
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+	cases := []struct {
+		key string
+		mod func(*Config)
+	}{
+		{"detector.window", func(c *Config) { c.Window = 0 }},
+		{"detector.source_syn_rate", func(c *Config) { c.SourceSYNRate = -1 }},
+		{"detector.source_half_open", func(c *Config) { c.SourceHalfOpen = 1.5 }},
+		{"detector.ban_factor", func(c *Config) { c.BanFactor = 0.5 }},
+		{"detector.ban_max", func(c *Config) { c.BanMax = c.BanBase - 1 }},
+		{"detector.max_bans", func(c *Config) { c.MaxBans = 0 }},
+		{"detector.aggregate_v4_bits", func(c *Config) { c.AggregateV4Bits = 33 }},
+		{"detector.max_sources", func(c *Config) { c.MaxSources = 10 }},
+		{"detector.suspect_syns", func(c *Config) { c.SuspectSYNs = 0 }},
+	}
+	for _, tc := range cases {
+		c := DefaultConfig()
+		tc.mod(&c)
+		err := c.Validate()
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Key != tc.key || !strings.Contains(err.Error(), "allowed") {
+			t.Errorf("%s: got %v", tc.key, err)
+		}
+	}
+}
+
+// Beyond max_incidents a flagged source is still banned, without an
+// incident of its own, and unflagged once quiet.
+func TestIncidentCap(t *testing.T) {
+	cfg := banConfig()
+	cfg.MaxIncidents = 1
+	s := newSim(t, cfg, Options{Enforce: true})
+	a, b := addr("203.0.113.1"), addr("198.51.100.1")
+	run(s, 0, 5, func(int) bool { return true }, a, b)
+	if len(s.opened(KindSource)) != 1 || len(s.bans) != 2 {
+		t.Fatalf("incidents %v bans %v: want 1 incident, 2 bans", s.opened(KindSource), s.bans)
+	}
+	run(s, 5, 400, func(int) bool { return false }, a, b)
+	for _, x := range []netip.Addr{a, b} {
+		if e := s.d.Explain(x); e.Flagged || e.Ban != nil {
+			t.Errorf("%v still flagged or banned after quiet: %s", x, e.Text)
+		}
+	}
+	if len(s.d.aggCount) != 0 {
+		t.Errorf("aggregation counts leak: %v", s.d.aggCount)
+	}
+}

@@ -1,0 +1,300 @@
+package detector
+
+import (
+	"net/netip"
+	"slices"
+)
+
+const (
+	flagFlagged uint8 = 1 << iota
+	flagAggCounted
+)
+
+// source is one tracked source. It holds no pointers, so a table of a
+// million of them costs the garbage collector nothing to scan.
+type source struct {
+	key      [16]byte
+	syn, ack uint64 // cumulative counters at seen
+	seen     int64  // last snapshot listing the source (unix ns); 0 = none yet
+	touched  int64  // last snapshot or suspect event
+	lastFlag int64  // last time the flag condition held
+	synRate  float32
+	ackRate  float32
+	inc      int32 // open incident handle (index+1), 0 = none
+	next     int32 // the source after this one in the last snapshot (index+1)
+	epoch    uint32
+	epochSYN uint32
+	flags    uint8
+}
+
+func (s *source) addr() netip.Addr { return netip.AddrFrom16(s.key).Unmap() }
+
+// sourceTable is a slab of sources indexed by address. Its size is bounded:
+// when full, the least recently touched unflagged sources are forgotten.
+type sourceTable struct {
+	// IPv4 sources are keyed by their 4 bytes: a smaller map, fewer cache
+	// and TLB misses than 16-byte keys, which dominate the cost of a
+	// million-source snapshot.
+	v4     v4index
+	v6     map[[16]byte]int32
+	s      []source
+	free   []int32
+	max    int
+	cursor int
+	// forget is called for a flagged source forgotten to keep memory
+	// bounded, so its aggregation count stays right.
+	forget func(*source)
+	// head is the first source of the last snapshot (index+1).
+	head int32
+	// misses counts chain misses in the current snapshot; when most
+	// sources missed last time, the next snapshot prefetches.
+	misses, lastMisses, lastLen int
+	sink                        uint64
+}
+
+// prefetching says whether the last snapshot came in a new order.
+func (t *sourceTable) prefetching() bool { return t.lastLen > 0 && t.lastMisses*2 > t.lastLen }
+
+// endSnapshot records the chain hit rate of a snapshot of n sources.
+func (t *sourceTable) endSnapshot(n int) {
+	t.lastMisses, t.lastLen, t.misses = t.misses, n, 0
+}
+
+// prefetch resolves the indices of a batch of sources, issuing all their
+// cache misses first so that they overlap: first the index slots, then the
+// slab entries. Entries not found get -1.
+func (t *sourceTable) prefetch(batch []SourceCounters, out []int32) {
+	var sink uint64
+	for j := range batch {
+		if a := batch[j].Addr; a.Is4() {
+			b := a.As4()
+			sink += t.v4.touch(uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]))
+		}
+	}
+	for j := range batch {
+		i, ok := t.find(batch[j].Addr.As16())
+		if !ok {
+			out[j] = -1
+			continue
+		}
+		out[j] = i
+		sink += t.s[i].syn
+	}
+	t.sink += sink
+}
+
+func newSourceTable(max int) sourceTable {
+	return sourceTable{v4: newV4index(), v6: make(map[[16]byte]int32), max: max}
+}
+
+func v4key(k [16]byte) (uint32, bool) {
+	if k[10] == 0xff && k[11] == 0xff && [10]byte(k[:10]) == [10]byte{} {
+		return uint32(k[12])<<24 | uint32(k[13])<<16 | uint32(k[14])<<8 | uint32(k[15]), true
+	}
+	return 0, false
+}
+
+func (t *sourceTable) find(k [16]byte) (int32, bool) {
+	if k4, ok := v4key(k); ok {
+		return t.v4.get(k4)
+	}
+	i, ok := t.v6[k]
+	return i, ok
+}
+
+func (t *sourceTable) put(k [16]byte, i int32) {
+	if k4, ok := v4key(k); ok {
+		t.v4.put(k4, i)
+	} else {
+		t.v6[k] = i
+	}
+}
+
+func (t *sourceTable) del(k [16]byte) {
+	if k4, ok := v4key(k); ok {
+		t.v4.del(k4)
+	} else {
+		delete(t.v6, k)
+	}
+}
+
+// at returns the index of a, which follows the source at index prev (-1
+// for the first) in the snapshot's list, creating the entry if needed.
+//
+// Full scans of the kernel LRU come in nearly the same order every time,
+// so each source remembers which one followed it in the last snapshot, and
+// most sources are found without a map lookup (which, with a million
+// entries, costs a cache and TLB miss). An insertion or eviction costs one
+// miss, then the chain is back in step.
+//
+// known is the index found by prefetch, or -1.
+func (t *sourceTable) at(prev int32, a netip.Addr, now int64, known int32) int32 {
+	k := a.As16()
+	valid := func(i int32) bool { return i >= 0 && int(i) < len(t.s) && t.s[i].key == k && t.s[i].touched != 0 }
+	// A prefetched index is in cache; the chain's guess may not be.
+	i := known
+	if !valid(i) {
+		guess := t.head
+		if prev >= 0 {
+			guess = t.s[prev].next
+		}
+		if i = guess - 1; !valid(i) {
+			t.misses++
+			i = t.getKey(k, now)
+		}
+	} else if prev < 0 || t.s[prev].next != i+1 {
+		t.misses++ // still out of order: keep prefetching
+	}
+	if prev >= 0 {
+		t.s[prev].next = i + 1
+	} else {
+		t.head = i + 1
+	}
+	return i
+}
+
+func (t *sourceTable) len() int { return t.v4.len() + len(t.v6) }
+
+// lookup returns a's index without creating it.
+func (t *sourceTable) lookup(a netip.Addr) (int32, bool) { return t.find(a.As16()) }
+
+// get returns a's index, creating a zero entry when absent.
+func (t *sourceTable) get(a netip.Addr, now int64) int32 { return t.getKey(a.As16(), now) }
+
+func (t *sourceTable) getKey(k [16]byte, now int64) int32 {
+	if i, ok := t.find(k); ok {
+		return i
+	}
+	if t.len() >= t.max {
+		t.evict()
+	}
+	var i int32
+	if n := len(t.free); n > 0 {
+		i = t.free[n-1]
+		t.free = t.free[:n-1]
+	} else {
+		t.s = append(t.s, source{})
+		i = int32(len(t.s) - 1)
+	}
+	t.s[i] = source{key: k, touched: now}
+	t.put(k, i)
+	return i
+}
+
+func (t *sourceTable) remove(i int32) {
+	t.del(t.s[i].key)
+	t.s[i] = source{}
+	t.free = append(t.free, i)
+}
+
+// evict forgets about a quarter of the table, the least recently touched
+// unflagged sources, so that the O(n) pass is paid once per n/4 inserts.
+func (t *sourceTable) evict() {
+	var sample []int64
+	step := max(1, len(t.s)/1024)
+	for i := 0; i < len(t.s); i += step {
+		if s := &t.s[i]; s.touched != 0 && s.flags&flagFlagged == 0 {
+			sample = append(sample, s.touched)
+		}
+	}
+	removed := 0
+	if len(sample) > 0 {
+		slices.Sort(sample)
+		cut := sample[len(sample)/4]
+		for i := range t.s {
+			if s := &t.s[i]; s.touched != 0 && s.flags&flagFlagged == 0 && s.touched <= cut {
+				t.remove(int32(i))
+				removed++
+			}
+		}
+	}
+	if removed == 0 {
+		// Everything is flagged: forget the oldest entry anyway, memory
+		// bound first (its ban, if any, lives on in the ban table). Sources
+		// with an open incident stay: there are at most MaxIncidents.
+		oldest := -1
+		for i := range t.s {
+			if s := &t.s[i]; s.touched != 0 && s.inc == 0 && (oldest < 0 || s.touched < t.s[oldest].touched) {
+				oldest = i
+			}
+		}
+		if oldest >= 0 {
+			if t.forget != nil {
+				t.forget(&t.s[oldest])
+			}
+			t.remove(int32(oldest))
+		}
+	}
+}
+
+// sweep forgets idle unflagged sources, a slice of the table per call, so
+// that a snapshot listing few sources does not pay for the whole table.
+// A flagged source without an incident (beyond max_incidents) is unflagged
+// here once it has been below the bar for resolve.
+func (t *sourceTable) sweep(now, idle, resolve int64) {
+	n := len(t.s)
+	if n == 0 {
+		return
+	}
+	chunk := min(n, n/32+1024)
+	for range chunk {
+		if t.cursor >= n {
+			t.cursor = 0
+		}
+		s := &t.s[t.cursor]
+		if s.flags&flagFlagged != 0 && s.inc == 0 && now-s.lastFlag >= resolve && t.forget != nil {
+			t.forget(s)
+		}
+		if s.touched != 0 && s.flags&flagFlagged == 0 && now-s.touched > idle {
+			t.remove(int32(t.cursor))
+		}
+		t.cursor++
+	}
+}
+
+// floodEpoch counts distinct half-open sources and the top senders while at
+// least one service incident is open.
+type floodEpoch struct {
+	active   bool
+	epoch    uint32
+	distinct int
+	top      []topEntry
+}
+
+type topEntry struct {
+	key [16]byte
+	idx int32
+	syn uint32
+}
+
+func (f *floodEpoch) start() {
+	f.active = true
+	f.epoch++
+	f.distinct = 0
+	f.top = f.top[:0]
+}
+
+// count adds dsyn half-open SYNs of source i to the epoch.
+func (f *floodEpoch) count(t *sourceTable, i int32, dsyn uint32, k int) {
+	s := &t.s[i]
+	if s.epoch != f.epoch {
+		s.epoch, s.epochSYN = f.epoch, 0
+		f.distinct++
+	}
+	s.epochSYN += dsyn
+	minAt := -1
+	for j := range f.top {
+		if f.top[j].idx == i && f.top[j].key == s.key {
+			f.top[j].syn = s.epochSYN
+			return
+		}
+		if minAt < 0 || f.top[j].syn < f.top[minAt].syn {
+			minAt = j
+		}
+	}
+	if len(f.top) < k {
+		f.top = append(f.top, topEntry{key: s.key, idx: i, syn: s.epochSYN})
+	} else if minAt >= 0 && s.epochSYN > f.top[minAt].syn {
+		f.top[minAt] = topEntry{key: s.key, idx: i, syn: s.epochSYN}
+	}
+}
