@@ -230,10 +230,11 @@ func (d *Detector) observeSources(s Snapshot, now int64, dtPrev float64, out *De
 		rate := float64(st.synRate)
 		share := halfOpen(float64(st.synRate), float64(st.ackRate))
 		if rate >= d.cfg.SourceSYNRate && share >= d.cfg.SourceHalfOpen {
-			reason := fmt.Sprintf("%s sent %s SYN/s (smoothed over %v), %s of them half-open; thresholds: %s SYN/s and %s half-open",
-				sc.Addr, num(rate), d.cfg.Window, pct(share), num(d.cfg.SourceSYNRate), pct(d.cfg.SourceHalfOpen))
+			reason := ""
 			if st.flags&flagFlagged == 0 {
 				d.flaggedSYN += dsyn
+				reason = fmt.Sprintf("%s sent %s SYN/s (smoothed over %v), %s of them half-open; thresholds: %s SYN/s and %s half-open",
+					sc.Addr, num(rate), d.cfg.Window, pct(share), num(d.cfg.SourceSYNRate), pct(d.cfg.SourceHalfOpen))
 			}
 			d.flag(i, now, rate, share, dsyn, dack, reason, out)
 		} else if st.flags&flagFlagged != 0 && dsyn > 0 && st.inc > 0 {
@@ -256,9 +257,10 @@ func halfOpen(syn, ack float64) float64 {
 // Suspect is an early warning from the data plane: a source sent
 // synsWithoutACK SYNs with no ACK in between. When the detector has no
 // fresh snapshot figures for the source it flags it at once if that run,
-// spread over the time since the source (or, for an unknown source, any
-// source) was last read, reaches the per-source SYN rate; otherwise the
-// snapshot figures decide, so a slow flood below the bar stays unflagged.
+// spread over the time since the source was last read (for a source never
+// read: since the last complete snapshot), reaches the per-source SYN rate;
+// otherwise the snapshot figures decide, so a slow flood below the bar
+// stays unflagged.
 func (d *Detector) Suspect(t time.Time, a netip.Addr, synsWithoutACK uint32) Decisions {
 	var out Decisions
 	if !a.IsValid() || synsWithoutACK < d.cfg.SuspectSYNs {

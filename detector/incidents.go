@@ -114,7 +114,8 @@ func (d *Detector) topSources() []SourceFigure {
 }
 
 // flag records that source i meets the flag condition now: it opens an
-// incident (or updates it) and, in enforce mode, bans.
+// incident (or updates it) and, in enforce mode, bans. reason is only
+// needed (and only computed by callers) when the source was not flagged.
 func (d *Detector) flag(i int32, now int64, rate, share float64, dsyn, dack uint64, reason string, out *Decisions) {
 	st := &d.sources.s[i]
 	st.lastFlag = now

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -195,8 +196,15 @@ func TestCapabilitiesDataPlane(t *testing.T) {
 	}
 }
 
+// lastError picks the line of a failed run that says why: the verifier's
+// verdict, else the last error line.
 func lastError(out string) string {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
+	for _, l := range lines {
+		if strings.Contains(l, "prohibited") {
+			return strings.TrimSpace(l)
+		}
+	}
 	for i := len(lines) - 1; i >= 0; i-- {
 		if strings.Contains(lines[i], "capprobe:") || strings.Contains(lines[i], "synguard") || strings.Contains(lines[i], "error") {
 			return lines[i]
@@ -228,6 +236,12 @@ func (d *daemon) Write(b []byte) (int, error) {
 	return d.logs.Write(b)
 }
 
+// kill ends the daemon's whole process group and waits for it.
+func (d *daemon) kill() {
+	_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+	<-d.done
+}
+
 func (d *daemon) log() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -235,9 +249,11 @@ func (d *daemon) log() string {
 }
 
 // notifier is the NOTIFY_SOCKET systemd would listen on (Type=notify).
+// One goroutine reads it, so that a wait abandoned with a dead daemon does
+// not swallow the next daemon's READY=1.
 type notifier struct {
 	path string
-	c    *net.UnixConn
+	msgs chan string
 }
 
 func newNotifier(t *testing.T) *notifier {
@@ -247,21 +263,29 @@ func newNotifier(t *testing.T) *notifier {
 	if err != nil {
 		t.Fatal(err)
 	}
+	n := &notifier{path: path, msgs: make(chan string, 64)}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := c.Read(buf)
+			if err != nil {
+				close(n.msgs)
+				return
+			}
+			n.msgs <- string(buf[:k])
+		}
+	}()
 	t.Cleanup(func() { c.Close() })
-	return &notifier{path: path, c: c}
+	return n
 }
 
-// wait returns whether a datagram containing want arrived in time.
-func (n *notifier) wait(want string, timeout time.Duration) bool {
-	buf := make([]byte, 4096)
-	n.c.SetReadDeadline(time.Now().Add(timeout))
+// drain forgets messages from earlier daemons.
+func (n *notifier) drain() {
 	for {
-		k, err := n.c.Read(buf)
-		if err != nil {
-			return false
-		}
-		if strings.Contains(string(buf[:k]), want) {
-			return true
+		select {
+		case <-n.msgs:
+		default:
+			return
 		}
 	}
 }
@@ -302,28 +326,35 @@ func (e *daemonEnv) start(t *testing.T, caps []string) (d *daemon, ok bool) {
 		args = append([]string{"strace", "-f", "-qq", "-o", e.strace}, args...)
 	}
 	a := withCaps(e.bed.Server, caps, args...)
+	e.notify.drain()
 	d = &daemon{done: make(chan struct{})}
 	d.cmd = exec.Command(a[0], a[1:]...)
 	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+e.notify.path)
 	d.cmd.Stdout, d.cmd.Stderr = d, d
+	// Own process group: strace's tracee must die with it.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { d.err = d.cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
-		d.cmd.Process.Kill()
-		<-d.done
+		d.kill()
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", d.log())
 		}
 	})
-	ready := make(chan bool, 1)
-	go func() { ready <- e.notify.wait("READY=1", 30*time.Second) }()
-	select {
-	case ok := <-ready:
-		return d, ok
-	case <-d.done:
-		return d, false
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case m := <-e.notify.msgs:
+			if strings.Contains(m, "READY=1") {
+				return d, true
+			}
+		case <-d.done:
+			return d, false
+		case <-timeout:
+			return d, false
+		}
 	}
 }
 
@@ -410,8 +441,7 @@ func TestCapabilitiesDaemon(t *testing.T) {
 	// Each capability is necessary: the daemon does not get to READY=1.
 	for _, c := range caps {
 		d, ok := e.start(t, without(caps, c))
-		d.cmd.Process.Kill()
-		<-d.done
+		d.kill()
 		if ok {
 			t.Errorf("without CAP_%s the daemon started", strings.ToUpper(c))
 		} else {
@@ -498,10 +528,14 @@ func TestCapabilitiesDaemon(t *testing.T) {
 	}
 }
 
-var straceCall = regexp.MustCompile(`^\d+\s+(?:<\.\.\. )?([a-z_0-9]+)[( ]`)
+var (
+	straceCall   = regexp.MustCompile(`^\d+\s+(?:<\.\.\. )?([a-z_0-9]+)[( ]`)
+	straceSocket = regexp.MustCompile(`^\d+\s+socket\((AF_[A-Z0-9]+),`)
+)
 
 // checkSyscalls compares every system call in an strace log with what the
-// unit's SystemCallFilter= allows.
+// unit's SystemCallFilter= allows, and every socket it opened with
+// RestrictAddressFamilies=.
 func checkSyscalls(t *testing.T, path string) {
 	t.Helper()
 	f, err := os.Open(path)
@@ -510,11 +544,18 @@ func checkSyscalls(t *testing.T, path string) {
 	}
 	defer f.Close()
 	allowed := unitAllowedSyscalls(t)
-	seen := map[string]bool{}
+	families := strings.Fields(parseUnit(t, unitPath(t)).one(t, "Service", "RestrictAddressFamilies"))
+	seen, opened := map[string]bool{}, map[string]bool{}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	first := true
 	for sc.Scan() {
+		if m := straceSocket.FindStringSubmatch(sc.Text()); m != nil {
+			opened[m[1]] = true
+			if !slices.Contains(families, m[1]) {
+				t.Errorf("the daemon opened an %s socket; RestrictAddressFamilies=%v refuses it", m[1], families)
+			}
+		}
 		m := straceCall.FindStringSubmatch(sc.Text())
 		if m == nil {
 			continue
@@ -541,5 +582,9 @@ func checkSyscalls(t *testing.T, path string) {
 	}
 	if len(denied) > 0 {
 		t.Errorf("SystemCallFilter= would refuse %v", denied)
+	}
+	t.Logf("socket families opened: %v", slices.Sorted(maps.Keys(opened)))
+	if !opened["AF_UNIX"] || !opened["AF_NETLINK"] {
+		t.Errorf("strace log shows no AF_UNIX or AF_NETLINK socket (%v): the parser missed them", opened)
 	}
 }

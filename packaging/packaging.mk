@@ -73,9 +73,12 @@ install: build man completions ## Install binary, unit, config (kept if edited),
 	fi
 
 .PHONY: uninstall
-uninstall: ## Remove what install put in place; an edited config is kept.
-	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
-		systemctl disable --now synguard.service 2>/dev/null || true; \
+uninstall: ## Stop, detach XDP, remove what install put in place; an edited config is kept.
+	@if [ -z "$(DESTDIR)" ]; then \
+		if [ -d /run/systemd/system ]; then systemctl disable --now synguard.service 2>/dev/null || true; fi; \
+		if [ -x $(BINDIR)/synguard ]; then \
+			$(BINDIR)/synguard cleanup --force --config $(SYSCONFDIR)/synguard/synguard.yaml >/dev/null 2>&1 || true; \
+		fi; \
 	fi
 	rm -f $(DESTDIR)$(BINDIR)/synguard
 	rm -f $(DESTDIR)$(UNITDIR)/synguard.service

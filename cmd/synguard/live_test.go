@@ -368,3 +368,47 @@ func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Two interfaces: one daemon, one blocklist per interface, kept equal.
+func TestTwoInterfacesShareBans(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("bpftool"); err != nil {
+		t.Skip("bpftool not installed")
+	}
+	setupNetns(t)
+	sh(t, "ip", "link", "add", "sgd-s1", "netns", srvNS, "type", "veth", "peer", "name", "sgd-c1", "netns", cliNS)
+	sh(t, "ip", "-n", srvNS, "link", "set", "sgd-s1", "up")
+	sh(t, "ip", "-n", cliNS, "link", "set", "sgd-c1", "up")
+	e := newLiveEnv(t)
+	e.writeConfig(t, "enforce", "")
+	text, _ := os.ReadFile(e.cfg)
+	os.WriteFile(e.cfg, []byte(strings.Replace(string(text), "interfaces: [sgd-s0]", "interfaces: [sgd-s0, sgd-s1]", 1)), 0o600)
+	d := e.start(t)
+	var st struct {
+		Interfaces []struct{ Name, Attach, Mode string }
+	}
+	decodeJSON(t, e.cli(t, "status", "--json").stdout, &st)
+	if len(st.Interfaces) != 2 || st.Interfaces[1].Mode != "enforce" {
+		t.Fatalf("status interfaces = %+v", st.Interfaces)
+	}
+	if r := e.cli(t, "block", "192.0.2.0/24", "--ttl", "5m"); r.code != 0 {
+		t.Fatalf("block: %s", r.stderr)
+	}
+	for _, ifc := range []string{"sgd-s0", "sgd-s1"} {
+		out := sh(t, "bpftool", "-j", "map", "dump", "pinned", filepath.Join(e.bpffs, ifc, "blocklist"))
+		if strings.Count(out, `"formatted"`) != 1 {
+			t.Errorf("blocklist of %s: %s, want the one ban", ifc, out)
+		}
+	}
+	if r := e.cli(t, "unblock", "192.0.2.0/24"); r.code != 0 {
+		t.Fatalf("unblock: %s", r.stderr)
+	}
+	for _, ifc := range []string{"sgd-s0", "sgd-s1"} {
+		out := sh(t, "bpftool", "-j", "map", "dump", "pinned", filepath.Join(e.bpffs, ifc, "blocklist"))
+		if strings.Contains(out, `"formatted"`) {
+			t.Errorf("blocklist of %s after unblock: %s", ifc, out)
+		}
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	<-d.done
+}

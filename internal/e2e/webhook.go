@@ -43,6 +43,8 @@ type Message struct {
 	// VerifyErr is nil when the signature and timestamp check out.
 	VerifyErr error
 	Type      string
+	// Summary is the message's one-line summary (data.summary).
+	Summary   string
 	Incidents []detector.Incident
 	Body      []byte
 }
@@ -96,6 +98,7 @@ func (w *Webhook) serve(rw http.ResponseWriter, r *http.Request) {
 		Type string `json:"type"`
 		ID   string `json:"id"`
 		Data struct {
+			Summary   string `json:"summary"`
 			Incidents []struct {
 				Incident detector.Incident `json:"incident"`
 			} `json:"incidents"`
@@ -106,7 +109,7 @@ func (w *Webhook) serve(rw http.ResponseWriter, r *http.Request) {
 	} else if p.ID != m.ID {
 		m.VerifyErr = errors.Join(m.VerifyErr, fmt.Errorf("body id %q != webhook-id %q", p.ID, m.ID))
 	}
-	m.Type = p.Type
+	m.Type, m.Summary = p.Type, p.Data.Summary
 	for _, in := range p.Data.Incidents {
 		m.Incidents = append(m.Incidents, in.Incident)
 	}
