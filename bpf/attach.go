@@ -96,8 +96,8 @@ func (d *Datapath) attachXDP(ifindex int, m AttachMode) (link.Link, error) {
 // Attached reports the interface and mode the program is attached to,
 // including an attachment re-opened from PinDir by Load.
 func (d *Datapath) Attached() (iface string, m AttachMode, ok bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.lnk == nil {
 		return "", "", false
 	}

@@ -53,7 +53,12 @@ var statsMaps = map[string]bool{mapSources: true, mapServices: true, mapCounters
 
 // Datapath is the loaded XDP program and its maps for one interface.
 type Datapath struct {
-	mu         sync.Mutex
+	// mu guards the lifetime of the objects: readers and list changes hold
+	// it shared, Attach/Detach/Close exclusively. Map reads and writes are
+	// safe in the kernel, so a long Sources walk must not hold up a Block.
+	mu sync.RWMutex
+	// listMu serialises list and mode changes (slot allocation, generation).
+	listMu     sync.Mutex
 	opts       Options
 	objs       synguardObjects
 	lnk        link.Link
@@ -156,8 +161,8 @@ func Load(opts Options) (*Datapath, error) {
 // Migrations describes what Load changed in the pinned state (maps migrated
 // or recreated because Options changed), for the daemon to log.
 func (d *Datapath) Migrations() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	return append([]string(nil), d.migrations...)
 }
 

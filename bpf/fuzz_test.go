@@ -148,7 +148,7 @@ func takeEntries(d *Datapath) ([]Source, []Service, error) {
 	var sv synguardSourceStats
 	it := d.objs.Sources.Iterate()
 	for it.Next(&sk, &sv) {
-		srcs = append(srcs, sourceOf(sk, sv))
+		srcs = append(srcs, sourceOf(sk, sv, readKernelClock()))
 	}
 	if err := it.Err(); err != nil {
 		return nil, nil, err

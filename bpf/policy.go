@@ -18,8 +18,10 @@ func (d *Datapath) SetMode(m Mode) error {
 	if m != ModeObserve && m != ModeEnforce {
 		return fmt.Errorf("set mode %d: want observe (0) or enforce (1)", uint32(m))
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	d.listMu.Lock()
+	defer d.listMu.Unlock()
 	if d.closed {
 		return errors.New("set mode: datapath is closed")
 	}
@@ -32,8 +34,8 @@ func (d *Datapath) SetMode(m Mode) error {
 // Mode returns the current mode (from the pinned config, so it reflects
 // changes made by other processes).
 func (d *Datapath) Mode() (Mode, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.closed {
 		return 0, errors.New("read mode: datapath is closed")
 	}
@@ -80,8 +82,10 @@ func (d *Datapath) Block(p netip.Prefix, ttl time.Duration) error {
 	if ttl <= 0 {
 		return fmt.Errorf("block %s: ttl %v: must be positive", np, ttl)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	d.listMu.Lock()
+	defer d.listMu.Unlock()
 	if d.closed {
 		return fmt.Errorf("block %s: datapath is closed", np)
 	}
@@ -190,8 +194,10 @@ func (d *Datapath) scanFreeSlot() (uint32, bool, error) {
 // kernel already ignores expired bans; pruning keeps the table small and
 // their slots reusable. Returns how many were removed.
 func (d *Datapath) Prune() (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	d.listMu.Lock()
+	defer d.listMu.Unlock()
 	if d.closed {
 		return 0, errors.New("prune bans: datapath is closed")
 	}
@@ -243,8 +249,10 @@ func (d *Datapath) Unblock(p netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("unblock %s: %w", p, err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	d.listMu.Lock()
+	defer d.listMu.Unlock()
 	if d.closed {
 		return fmt.Errorf("unblock %s: datapath is closed", np)
 	}
@@ -271,18 +279,19 @@ func (d *Datapath) Unblock(p netip.Prefix) error {
 // Bans lists the live bans with their drop counts, sorted by prefix.
 // Expired bans are omitted (the kernel no longer enforces them).
 func (d *Datapath) Bans() ([]Ban, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.closed {
 		return nil, errors.New("list bans: datapath is closed")
 	}
 	now := kernelNow()
 	var (
-		key  synguardLpmKey
-		ref  synguardBanRef
-		bans []Ban
-		hits []synguardBanHits
-		it   = d.objs.Blocklist.Iterate()
+		key   synguardLpmKey
+		ref   synguardBanRef
+		bans  []Ban
+		hits  []synguardBanHits
+		it    = d.objs.Blocklist.Iterate()
+		clock = readKernelClock()
 	)
 	for it.Next(&key, &ref) {
 		var until uint64
@@ -299,7 +308,7 @@ func (d *Datapath) Bans() ([]Ban, error) {
 		if err := d.objs.BanCounters.Lookup(ref.Slot, &hits); err != nil {
 			return nil, fmt.Errorf("list bans: drop counts of slot %d: %w", ref.Slot, err)
 		}
-		b := Ban{Prefix: p, Until: kernelToWall(until)}
+		b := Ban{Prefix: p, Until: clock.toWall(until)}
 		for _, h := range hits {
 			b.Dropped += h.Dropped
 			b.WouldDrop += h.WouldDrop
@@ -322,8 +331,10 @@ func (d *Datapath) Allow(p netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("allow %s: %w", p, err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	d.listMu.Lock()
+	defer d.listMu.Unlock()
 	if d.closed {
 		return fmt.Errorf("allow %s: datapath is closed", np)
 	}
@@ -343,8 +354,10 @@ func (d *Datapath) Disallow(p netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("disallow %s: %w", p, err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	d.listMu.Lock()
+	defer d.listMu.Unlock()
 	if d.closed {
 		return fmt.Errorf("disallow %s: datapath is closed", np)
 	}
@@ -362,8 +375,8 @@ func (d *Datapath) Disallow(p netip.Prefix) error {
 
 // Allows lists the allowlist, sorted.
 func (d *Datapath) Allows() ([]netip.Prefix, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.closed {
 		return nil, errors.New("list allows: datapath is closed")
 	}

@@ -16,16 +16,17 @@ const batchSize = 4096
 // may be missing and one inserted during it may or may not appear, but no
 // address is returned twice.
 func (d *Datapath) Sources() ([]Source, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.closed {
 		return nil, errors.New("list sources: datapath is closed")
 	}
 	var (
-		keys = make([][16]byte, batchSize)
-		vals = make([]synguardSourceStats, batchSize)
-		seen = map[[16]byte]bool{}
-		out  []Source
+		keys  = make([][16]byte, batchSize)
+		vals  = make([]synguardSourceStats, batchSize)
+		seen  = map[[16]byte]bool{}
+		out   []Source
+		clock = readKernelClock()
 	)
 	err := walkBatches(d.objs.Sources, keys, vals, func(n int) {
 		for i := 0; i < n; i++ {
@@ -33,7 +34,7 @@ func (d *Datapath) Sources() ([]Source, error) {
 				continue
 			}
 			seen[keys[i]] = true
-			out = append(out, sourceOf(keys[i], vals[i]))
+			out = append(out, sourceOf(keys[i], vals[i], clock))
 		}
 	})
 	if err != nil {
@@ -47,8 +48,8 @@ func (d *Datapath) Source(a netip.Addr) (Source, bool, error) {
 	if !a.IsValid() {
 		return Source{}, false, fmt.Errorf("source lookup: invalid address")
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.closed {
 		return Source{}, false, fmt.Errorf("source %s: datapath is closed", a)
 	}
@@ -60,24 +61,24 @@ func (d *Datapath) Source(a netip.Addr) (Source, bool, error) {
 		}
 		return Source{}, false, fmt.Errorf("source %s: %w", a, err)
 	}
-	return sourceOf(key, v), true, nil
+	return sourceOf(key, v, readKernelClock()), true, nil
 }
 
-func sourceOf(k [16]byte, v synguardSourceStats) Source {
+func sourceOf(k [16]byte, v synguardSourceStats, clock kernelClock) Source {
 	return Source{
 		Addr:      addrOf(k),
 		SYN:       v.Syn,
 		ACK:       v.Ack,
 		RST:       v.Rst,
-		FirstSeen: kernelToWall(v.FirstSeen),
-		LastSeen:  kernelToWall(v.LastSeen),
+		FirstSeen: clock.toWall(v.FirstSeen),
+		LastSeen:  clock.toWall(v.LastSeen),
 	}
 }
 
 // Services returns every per-service entry (batch walk, as Sources).
 func (d *Datapath) Services() ([]Service, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.closed {
 		return nil, errors.New("list services: datapath is closed")
 	}
@@ -125,8 +126,8 @@ func walkBatches(m *ebpf.Map, keys, vals any, fn func(n int)) error {
 
 // Counters returns the global counters summed over CPUs.
 func (d *Datapath) Counters() (Counters, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.closed {
 		return Counters{}, errors.New("read counters: datapath is closed")
 	}
