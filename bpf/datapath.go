@@ -22,6 +22,8 @@ const (
 	mapBanExpiry   = synguardMapBanExpiry
 	mapBanCounters = synguardMapBanCounters
 	mapCounters    = synguardMapCounters
+	mapProtected   = synguardMapProtected
+	mapVerified    = synguardMapVerified
 	linkPinName    = "link"
 )
 
@@ -30,6 +32,9 @@ const (
 	configMode       uint32 = 0
 	configListGen    uint32 = 1
 	configAttachMode uint32 = 2
+	// configProtections counts the protected map's entries; 0 lets the
+	// program skip the protection stage.
+	configProtections uint32 = 3
 )
 
 // Values of config[configAttachMode].
@@ -42,14 +47,17 @@ const (
 // not: events only matter to the process reading them.
 var pinnedMaps = []string{
 	mapConfig, mapSources, mapServices, mapBlocklist, mapAllowlist,
-	mapBanExpiry, mapBanCounters, mapCounters,
+	mapBanExpiry, mapBanCounters, mapCounters, mapProtected, mapVerified,
 }
 
 // banMaps are renumbered together when any of them changes size.
 var banMaps = []string{mapBlocklist, mapBanExpiry, mapBanCounters}
 
 // statsMaps only hold counters: recreated empty when they no longer fit.
-var statsMaps = map[string]bool{mapSources: true, mapServices: true, mapCounters: true}
+// protected is here too: when its layout changes, the daemon re-enters
+// protection on its next detection.
+var statsMaps = map[string]bool{mapSources: true, mapServices: true, mapCounters: true,
+	mapProtected: true, mapVerified: true}
 
 // Datapath is the loaded XDP program and its maps for one interface.
 type Datapath struct {
@@ -108,6 +116,7 @@ func Load(opts Options) (*Datapath, error) {
 	spec.Maps[mapBanExpiry].MaxEntries = opts.MaxBans
 	spec.Maps[mapBanCounters].MaxEntries = opts.MaxBans
 	spec.Maps[mapAllowlist].MaxEntries = opts.MaxAllows
+	spec.Maps[mapVerified].MaxEntries = opts.MaxVerified
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone // pinning is managed here, see pinAll
 	}
@@ -116,6 +125,9 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	if err := spec.Variables["suspect_interval_ns"].Set(uint64(opts.SuspectInterval.Nanoseconds())); err != nil {
 		return nil, fmt.Errorf("load: set suspect_interval_ns: %w", err)
+	}
+	if err := spec.Variables["verified_ttl_ns"].Set(uint64(opts.VerifiedTTL.Nanoseconds())); err != nil {
+		return nil, fmt.Errorf("load: set verified_ttl_ns: %w", err)
 	}
 
 	pins, err := openPins(spec, opts.PinDir)
@@ -142,6 +154,11 @@ func Load(opts Options) (*Datapath, error) {
 
 	if err := d.migrate(pins); err != nil {
 		return nil, err
+	}
+	// The protection stage runs only while config says services are
+	// protected: make that match the (possibly re-used) protected map.
+	if err := d.syncProtectionCount(); err != nil {
+		return nil, fmt.Errorf("load: %w", err)
 	}
 	if opts.PinDir != "" {
 		if err := d.reopenLink(); err != nil {
@@ -307,6 +324,8 @@ func (d *Datapath) mapsByName() map[string]*ebpf.Map {
 		mapBanExpiry:   d.objs.BanExpiry,
 		mapBanCounters: d.objs.BanCounters,
 		mapCounters:    d.objs.Counters,
+		mapProtected:   d.objs.Protected,
+		mapVerified:    d.objs.Verified,
 	}
 }
 

@@ -6,6 +6,20 @@
 // blocklist says, and reports. Deciding whom to ban lives in package
 // detector.
 //
+// # Service protection
+//
+// Against a flood from random spoofed sources bans are useless. Protect
+// puts one service (local address and port) under protection: SYNs from
+// verified sources (a handshake completed within Options.VerifiedTTL,
+// learnt by the program from handshake-completing ACKs; Verify adds
+// addresses by hand) and allowlisted ones pass; SYNs from unverified
+// sources are answered from XDP with a SYN cookie (Protection.Cookies,
+// which needs the nftables SYNPROXY rules of internal/synproxy to complete
+// the connection) or share a per-second budget, the excess dropped.
+// Protections and VerifiedSources report what it did. The cookie helpers
+// need Linux 6.0; native XDP_TX on a veth needs an XDP program (or GRO) on
+// the peer, or the frames vanish.
+//
 // # State and pinning
 //
 // With Options.PinDir set (the daemon uses /sys/fs/bpf/synguard/<iface>/),

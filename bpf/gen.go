@@ -8,4 +8,4 @@ package bpf
 // -mcpu=v3 gives the atomic fetch-add and compare-and-swap instructions
 // (kernel >= 5.12).
 
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -type source_stats -type service_key -type service_stats -type lpm_key -type ban_ref -type ban_hits -type global_counters synguard synguard.c -- -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -type source_stats -type service_key -type service_stats -type lpm_key -type ban_ref -type ban_hits -type global_counters -type protection synguard synguard.c -- -I/usr/include/x86_64-linux-gnu

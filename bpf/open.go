@@ -43,6 +43,7 @@ func Open(pinDir string) (*Datapath, error) {
 		mapConfig: &d.objs.Config, mapSources: &d.objs.Sources, mapServices: &d.objs.Services,
 		mapBlocklist: &d.objs.Blocklist, mapAllowlist: &d.objs.Allowlist, mapBanExpiry: &d.objs.BanExpiry,
 		mapBanCounters: &d.objs.BanCounters, mapCounters: &d.objs.Counters,
+		mapProtected: &d.objs.Protected, mapVerified: &d.objs.Verified,
 	}
 	for _, name := range pinnedMaps {
 		path := filepath.Join(pinDir, name)

@@ -35,7 +35,8 @@
  *                [1] list generation: a value userspace changes after every
  *                blocklist/allowlist change (u32 range, never 0 after the
  *                first change); [2] attach mode recorded by the loader
- *                (1 native, 2 generic); [3] reserved.
+ *                (1 native, 2 generic); [3] number of entries in
+ *                protected (0 skips the protection stage).
  *   sources      LRU_HASH key: 16-byte source address (IPv4 as ::ffff:a.b.c.d)
  *                value: struct source_stats. syn/ack/rst count SYN, ACK and
  *                RST frames that were not dropped; first_seen/last_seen are
@@ -66,6 +67,46 @@
  *   suspects     RINGBUF of struct suspect_event: a source sent more than
  *                suspect_syns SYNs since its last ACK; at most one event per
  *                source per suspect_interval_ns.
+ *   protected    HASH key: struct service_key, value: struct protection:
+ *                the services under protection (see below), their
+ *                settings (written by userspace) and counters.
+ *   verified     LRU_HASH key: 16-byte source address, value: u64 kernel
+ *                time the source was last verified; verified while younger
+ *                than verified_ttl_ns.
+ *
+ * Verified sources: a source is verified by a handshake-completing ACK.
+ * To a service under protection that is only an ACK whose acknowledgment
+ * number is a valid SYN cookie (bpf_tcp_raw_check_syncookie: ours, or the
+ * kernel's own, which share the kernel's secret). To other services it is
+ * the first ACK after SYNs counted from that source (syn != syn_mark): a
+ * heuristic that a blind spoofer who sends SYN then ACK can satisfy.
+ *
+ * Service protection (SYN and ACK to a service in protected, after the ban
+ * stage, so banned sources are still dropped first):
+ *   SYN from a verified or allowlisted source: passes (counted in
+ *   protection.verified).
+ *   SYN from an unverified source with PROTECT_COOKIES: answered from here
+ *   with a SYN-ACK whose sequence number is a SYN cookie (XDP_TX, counted
+ *   in cookies_sent), built in place: Ethernet addresses swapped (VLAN tags
+ *   kept), IP addresses swapped, IPv4 id 0, DF, TTL/hop limit from the
+ *   entry; ports swapped, seq = cookie, ack = client seq + 1, window 0, and
+ *   the options the kernel's SYNPROXY expects: MSS (entry's mss), and with
+ *   PROTECT_TIMESTAMPS, when the client sent timestamps: SACK-permitted if
+ *   it offered SACK, a timestamp whose tsval carries the client's window
+ *   scale (low 4 bits, 0xf = none) and SACK (bit 4) for the ACK's tsecr,
+ *   and our window scale if the client offered one. The TCP header is 40
+ *   bytes with a timestamp, else 24 (MSS only). Needs a plain header
+ *   layout (IPv4 without options, IPv6 without extension headers); other
+ *   SYNs, and frames the driver cannot grow, fall through to the budget.
+ *   SYN from an unverified source otherwise: passes while the service's
+ *   budget for the current one-second window lasts (admitted; budget 0 =
+ *   unlimited), else XDP_DROP (dropped).
+ *   ACK from an unverified source: a valid cookie verifies it
+ *   (cookies_validated); it passes either way (established connections
+ *   are not tracked here; the kernel's SYNPROXY drops bad cookies).
+ * SYNs that protection drops or answers count in the service entry (so the
+ * detector still sees the flood) but not per source (a spoofed flood must
+ * not churn the sources LRU).
  *
  * Clock: every time here (first/last seen, ban expiry, suspect events) is
  * bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC at tick resolution (4 ms at
@@ -83,6 +124,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/tcp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -91,6 +133,21 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Tunables, set by the loader through spec.Variables before loading. */
 volatile const __u32 suspect_syns = 100;
 volatile const __u64 suspect_interval_ns = 1000000000ULL;
+volatile const __u64 verified_ttl_ns = 3600ULL * 1000000000ULL;
+
+/*
+ * SYN cookie helpers (kernel >= 6.0). libbpf 1.1's bpf_helper_defs.h
+ * predates them, so they are declared here by their UAPI ids.
+ */
+static __s64 (*tcp_raw_gen_syncookie_ipv4)(struct iphdr *iph, struct tcphdr *th,
+					   __u32 th_len) = (void *)204;
+static __s64 (*tcp_raw_gen_syncookie_ipv6)(struct ipv6hdr *iph,
+					   struct tcphdr *th,
+					   __u32 th_len) = (void *)205;
+static long (*tcp_raw_check_syncookie_ipv4)(struct iphdr *iph,
+					    struct tcphdr *th) = (void *)206;
+static long (*tcp_raw_check_syncookie_ipv6)(struct ipv6hdr *iph,
+					    struct tcphdr *th) = (void *)207;
 
 enum kind {
 	KIND_NON_IP,
@@ -109,7 +166,7 @@ enum config_index {
 	CONFIG_MODE,
 	CONFIG_LIST_GEN,
 	CONFIG_ATTACH_MODE,
-	CONFIG_RESERVED,
+	CONFIG_PROTECTIONS,
 	CONFIG_COUNT,
 };
 
@@ -134,6 +191,28 @@ enum verdict {
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
+
+#define NSEC_PER_SEC 1000000000ULL
+#define NSEC_PER_MSEC 1000000ULL
+#define PROTECT_COOKIES 1
+#define PROTECT_TIMESTAMPS 2
+#define VERIFIED_REFRESH_NS NSEC_PER_SEC
+#define TCP_MAX_WSCALE 14
+#define TS_OPT_NO_WSCALE 0xf
+#define TS_OPT_SACK (1 << 4)
+#define TS_BITS 6
+
+/* TCP options (RFC 9293, 7323, 2018). */
+#define TCPOPT_EOL 0
+#define TCPOPT_NOP 1
+#define TCPOPT_MSS 2
+#define TCPOPT_WINDOW 3
+#define TCPOPT_SACK_PERM 4
+#define TCPOPT_TIMESTAMP 8
+#define TCPOLEN_MSS 4
+#define TCPOLEN_WINDOW 3
+#define TCPOLEN_SACK_PERM 2
+#define TCPOLEN_TIMESTAMP 10
 
 struct source_stats {
 	__u64 syn;
@@ -182,6 +261,23 @@ struct global_counters {
 	__u64 suspects_lost;
 };
 
+struct protection {
+	__u32 flags;  /* PROTECT_COOKIES, PROTECT_TIMESTAMPS */
+	__u32 budget; /* unverified SYNs passed per second; 0 = all */
+	__u16 mss;    /* advertised in cookie SYN-ACKs */
+	__u8 wscale;  /* advertised in cookie SYN-ACKs */
+	__u8 ttl;     /* of cookie SYN-ACKs */
+	__u32 pad;
+	__u64 since;	    /* kernel time protection started */
+	__u64 window_start; /* budget window */
+	__u64 window_used;
+	__u64 verified; /* SYNs from verified sources */
+	__u64 admitted; /* unverified SYNs passed within the budget */
+	__u64 dropped;	/* unverified SYNs dropped over the budget */
+	__u64 cookies_sent;
+	__u64 cookies_validated;
+};
+
 struct suspect_event {
 	__u8 addr[16];
 	__u32 syns;
@@ -194,6 +290,9 @@ struct packet {
 	__u8 src[16];
 	struct service_key svc;
 	__u32 v6;
+	__u16 l3off;  /* offset of the IP header (after VLAN tags) */
+	__u8 plain;   /* IPv4 without options or IPv6 without extensions */
+	__u8 tcp_len; /* TCP header length with options (doff * 4) */
 } __attribute__((aligned(8)));
 
 struct vlan_tag {
@@ -272,6 +371,22 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } suspects SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct service_key);
+	__type(value, struct protection);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} protected SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, __u8[16]);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} verified SEC(".maps");
+
 /* ---- parsing ---------------------------------------------------------- */
 
 static __always_inline void addr_from_v4(__u8 *dst, __be32 a)
@@ -297,6 +412,7 @@ static __always_inline enum kind parse_tcp(void *pos, void *end,
 	if (doff < 5 || pos + doff * 4 > end)
 		return KIND_MALFORMED;
 	p->svc.port = *(__be16 *)(th + 2);
+	p->tcp_len = doff * 4;
 	flags = th[13];
 	if (flags & TCP_FLAG_RST)
 		return KIND_RST;
@@ -326,6 +442,7 @@ static __always_inline enum kind parse_ipv4(void *pos, void *end,
 		return KIND_NON_TCP;
 	addr_from_v4(p->src, ip->saddr);
 	addr_from_v4(p->svc.addr, ip->daddr);
+	p->plain = ihl == 5;
 	return parse_tcp(pos + ihl * 4, end, p);
 }
 
@@ -348,6 +465,7 @@ static __always_inline enum kind parse_ipv6(void *pos, void *end,
 		return KIND_MALFORMED;
 	nh = ip6->nexthdr;
 	pos = ip6 + 1;
+	p->plain = nh == IPPROTO_TCP;
 
 #pragma unroll
 	for (i = 0; i < IPV6_MAX_EXT; i++) {
@@ -406,6 +524,7 @@ static __always_inline enum kind classify(void *data, void *end,
 			return KIND_MALFORMED;
 		proto = tag->encap_proto;
 		pos = tag + 1;
+		p->l3off += sizeof(*tag);
 	}
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
 		return KIND_MALFORMED;
@@ -616,14 +735,361 @@ static __always_inline void cache_only(const struct packet *p, __u64 word,
 	bpf_map_update_elem(&sources, p->src, &init, BPF_NOEXIST);
 }
 
+/* ---- service protection --------------------------------------------- */
+
+static __always_inline void mark_verified(const struct packet *p, __u64 now)
+{
+	__u64 *t = bpf_map_lookup_elem(&verified, p->src);
+
+	if (t) {
+		/* Refresh at most once a second: one write per source, not
+		 * one per ACK. */
+		if (now - *t > VERIFIED_REFRESH_NS)
+			*t = now;
+		return;
+	}
+	bpf_map_update_elem(&verified, p->src, &now, BPF_ANY);
+}
+
+static __always_inline int is_verified(const struct packet *p, __u64 now)
+{
+	__u64 *t = bpf_map_lookup_elem(&verified, p->src);
+
+	/* Userspace stamps with the precise clock, which may be a tick
+	 * ahead of the coarse one. */
+	return t && (*t >= now || now - *t < verified_ttl_ns);
+}
+
+/* allowlisted: the allowlist covers the source. (The ban stage looks it
+ * up only when a ban matched; protection must not drop it either.) */
+static __always_inline int allowlisted(const struct packet *p)
+{
+	struct lpm_key key = {};
+
+	if (p->v6) {
+		key.family = 6;
+		key.prefixlen = LPM_FAMILY_BITS + 128;
+		__builtin_memcpy(key.addr, p->src, 16);
+	} else {
+		key.family = 4;
+		key.prefixlen = LPM_FAMILY_BITS + 32;
+		__builtin_memcpy(key.addr, p->src + 12, 4);
+	}
+	return bpf_map_lookup_elem(&allowlist, &key) != 0;
+}
+
+/* within_budget takes one unverified SYN from the service's budget for the
+ * current one-second window. The window reset races benignly between CPUs:
+ * a window may admit a few SYNs more than the budget. */
+static __always_inline int within_budget(struct protection *pr, __u64 now)
+{
+	__u64 start = pr->window_start;
+
+	if (!pr->budget)
+		return 1;
+	if (now - start >= NSEC_PER_SEC &&
+	    __sync_val_compare_and_swap(&pr->window_start, start, now) == start)
+		pr->window_used = 0;
+	return __sync_fetch_and_add(&pr->window_used, 1) < pr->budget;
+}
+
+/* Headers as copied to the stack: the cookie helpers and the SYN-ACK
+ * builder work on copies, so no packet pointer has to survive
+ * bpf_xdp_adjust_tail. */
+union iphdrs {
+	struct iphdr v4;
+	struct ipv6hdr v6;
+};
+
+struct syn_options {
+	__u32 tsval; /* client's, network order */
+	__u8 ts;
+	__u8 sack;
+	__u8 wscale; /* TS_OPT_NO_WSCALE when absent */
+};
+
+/* State of the option walk: bpf_loop runs opt_step once per option, so the
+ * verifier checks the step once instead of every path through 40 bytes. */
+struct opt_walk {
+	__u8 tcp[60]; /* the SYN's TCP header */
+	__u32 len;    /* its length */
+	__u32 off;    /* next option */
+	struct syn_options o;
+};
+
+static long opt_step(__u32 index, void *data)
+{
+	struct opt_walk *w = data;
+	__u32 i = w->off;
+	__u8 kind, olen;
+
+	if (i >= w->len || i > 58)
+		return 1;
+	kind = w->tcp[i];
+	if (kind == TCPOPT_EOL)
+		return 1;
+	if (kind == TCPOPT_NOP) {
+		w->off = i + 1;
+		return 0;
+	}
+	olen = w->tcp[i + 1];
+	if (olen < 2 || i + olen > w->len)
+		return 1;
+	if (kind == TCPOPT_WINDOW && olen == TCPOLEN_WINDOW) {
+		w->o.wscale = w->tcp[i + 2] < TCP_MAX_WSCALE ? w->tcp[i + 2]
+							     : TCP_MAX_WSCALE;
+	} else if (kind == TCPOPT_SACK_PERM && olen == TCPOLEN_SACK_PERM) {
+		w->o.sack = 1;
+	} else if (kind == TCPOPT_TIMESTAMP && olen == TCPOLEN_TIMESTAMP &&
+		   i <= 50) {
+		w->o.ts = 1;
+		__builtin_memcpy(&w->o.tsval, &w->tcp[i + 2], 4);
+	}
+	w->off = i + olen;
+	return 0;
+}
+
+static __always_inline __u16 csum_fold64(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return ~s;
+}
+
+/* tcp_csum: TCP checksum of a header on the stack (len: multiple of 4,
+ * <= 40) under the pseudo header whose address words sum to addr_sum. */
+static __always_inline __u16 tcp_csum(__u8 *tcp, __u32 len, __u64 addr_sum)
+{
+	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)tcp, len & 0x3c, 0);
+
+	if (sum < 0)
+		return 0;
+	return csum_fold64((__u64)sum + addr_sum +
+			   bpf_htonl((IPPROTO_TCP << 16) | len));
+}
+
+/*
+ * build_synack writes the SYN-ACK TCP header for the client SYN in in[]
+ * (options parsed into o) to out[] and returns its length (24 or 40).
+ */
+static __always_inline __u32 build_synack(const __u8 *in, __u8 *out,
+					  __u32 cookie,
+					  const struct syn_options *o,
+					  const struct protection *pr,
+					  __u16 mss, __u64 now)
+{
+	__u32 seq, tsval, len = 24;
+
+	__builtin_memcpy(out, in + 2, 2); /* source port = their dest */
+	__builtin_memcpy(out + 2, in, 2);
+	__builtin_memcpy(&seq, in + 4, 4);
+	seq = bpf_htonl(bpf_ntohl(seq) + 1);
+	cookie = bpf_htonl(cookie);
+	__builtin_memcpy(out + 4, &cookie, 4);
+	__builtin_memcpy(out + 8, &seq, 4);
+	out[13] = TCP_FLAG_SYN | TCP_FLAG_ACK;
+	/* window, checksum and urgent pointer stay 0 (SYNPROXY's choice:
+	 * the window opens when the real connection exists). */
+	out[20] = TCPOPT_MSS;
+	out[21] = TCPOLEN_MSS;
+	out[22] = mss >> 8;
+	out[23] = mss & 0xff;
+	if (o->ts) {
+		/* The ACK echoes tsval as tsecr: it carries what the cookie
+		 * cannot (the client's window scale and SACK). */
+		tsval = (now / NSEC_PER_MSEC) & ~((1U << TS_BITS) - 1);
+		tsval |= o->wscale;
+		if (o->sack)
+			tsval |= TS_OPT_SACK;
+		tsval = bpf_htonl(tsval);
+		out[24] = o->sack ? TCPOPT_SACK_PERM : TCPOPT_NOP;
+		out[25] = o->sack ? TCPOLEN_SACK_PERM : TCPOPT_NOP;
+		out[26] = TCPOPT_TIMESTAMP;
+		out[27] = TCPOLEN_TIMESTAMP;
+		__builtin_memcpy(out + 28, &tsval, 4);
+		__builtin_memcpy(out + 32, &o->tsval, 4);
+		out[36] = TCPOPT_NOP;
+		out[37] = TCPOPT_NOP;
+		out[38] = TCPOPT_NOP;
+		out[39] = TCPOPT_NOP;
+		if (o->wscale != TS_OPT_NO_WSCALE) {
+			out[37] = TCPOPT_WINDOW;
+			out[38] = TCPOLEN_WINDOW;
+			out[39] = pr->wscale;
+		}
+		len = 40;
+	}
+	out[12] = (len / 4) << 4;
+	return len;
+}
+
+/*
+ * send_cookie turns the SYN in the frame into a SYN-ACK carrying a SYN
+ * cookie and returns XDP_TX, or XDP_PASS when it cannot (the caller then
+ * applies the budget).
+ */
+static __always_inline int send_cookie(struct xdp_md *ctx,
+				       const struct packet *p,
+				       const struct protection *pr, __u64 now)
+{
+	struct opt_walk w = {};
+	__u8 out[40] = {}, mac[12], tmp[6];
+	union iphdrs ip = {};
+	__u32 l3 = p->l3off, iplen, l4, tcp_len = p->tcp_len, len, frame;
+	__u64 addr_sum = 0;
+	__u16 mss = pr->mss;
+	__s64 v;
+	int i;
+
+	if (!p->plain || l3 > 22 || tcp_len < sizeof(struct tcphdr) ||
+	    tcp_len > sizeof(w.tcp))
+		return XDP_PASS;
+	iplen = p->v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+	l4 = l3 + iplen;
+	if (bpf_xdp_load_bytes(ctx, l3, &ip, iplen) ||
+	    bpf_xdp_load_bytes(ctx, l4, w.tcp, tcp_len))
+		return XDP_PASS;
+	if (p->v6)
+		v = tcp_raw_gen_syncookie_ipv6(&ip.v6, (struct tcphdr *)w.tcp,
+					       tcp_len);
+	else
+		v = tcp_raw_gen_syncookie_ipv4(&ip.v4, (struct tcphdr *)w.tcp,
+					       tcp_len);
+	if (v < 0)
+		return XDP_PASS;
+
+	w.len = tcp_len;
+	w.off = sizeof(struct tcphdr);
+	w.o.wscale = TS_OPT_NO_WSCALE;
+	bpf_loop(40, opt_step, &w, 0);
+	if (!(pr->flags & PROTECT_TIMESTAMPS))
+		w.o.ts = 0;
+	if (!mss)
+		mss = p->v6 ? 1440 : 1460;
+	len = build_synack(w.tcp, out, (__u32)v, &w.o, pr, mss, now);
+
+	if (p->v6) {
+		struct in6_addr a = ip.v6.saddr;
+
+		ip.v6.saddr = ip.v6.daddr;
+		ip.v6.daddr = a;
+		*(__be32 *)&ip.v6 = bpf_htonl(0x60000000);
+		ip.v6.payload_len = bpf_htons(len);
+		ip.v6.hop_limit = pr->ttl ? pr->ttl : 64;
+#pragma unroll
+		for (i = 0; i < 4; i++)
+			addr_sum += ip.v6.saddr.in6_u.u6_addr32[i] +
+				    (__u64)ip.v6.daddr.in6_u.u6_addr32[i];
+	} else {
+		__be32 a = ip.v4.saddr;
+		__s64 s;
+
+		ip.v4.saddr = ip.v4.daddr;
+		ip.v4.daddr = a;
+		ip.v4.tos = 0;
+		ip.v4.tot_len = bpf_htons(sizeof(struct iphdr) + len);
+		ip.v4.id = 0;
+		ip.v4.frag_off = bpf_htons(0x4000); /* DF */
+		ip.v4.ttl = pr->ttl ? pr->ttl : 64;
+		ip.v4.check = 0;
+		s = bpf_csum_diff(0, 0, (__be32 *)&ip.v4, sizeof(ip.v4), 0);
+		if (s < 0)
+			return XDP_PASS;
+		ip.v4.check = csum_fold64(s);
+		addr_sum = (__u64)ip.v4.saddr + ip.v4.daddr;
+	}
+	*(__u16 *)(out + 16) = tcp_csum(out, len, addr_sum);
+
+	/* Resize to exactly Ethernet + tags + IP + the new TCP header. */
+	frame = (long)ctx->data_end - (long)ctx->data;
+	if (frame != l4 + len &&
+	    bpf_xdp_adjust_tail(ctx, (int)(l4 + len) - (int)frame))
+		return XDP_PASS;
+	if (bpf_xdp_load_bytes(ctx, 0, mac, sizeof(mac)))
+		return XDP_PASS;
+	__builtin_memcpy(tmp, mac, 6);
+	__builtin_memcpy(mac, mac + 6, 6);
+	__builtin_memcpy(mac + 6, tmp, 6);
+	if (bpf_xdp_store_bytes(ctx, 0, mac, sizeof(mac)) ||
+	    bpf_xdp_store_bytes(ctx, l3, &ip, iplen) ||
+	    bpf_xdp_store_bytes(ctx, l4, out, len))
+		return XDP_ABORTED; /* half-written: never pass it on */
+	return XDP_TX;
+}
+
+/* cookie_valid: the ACK's acknowledgment number is a live SYN cookie for
+ * its addresses and ports. */
+static __always_inline int cookie_valid(struct xdp_md *ctx,
+					const struct packet *p)
+{
+	union iphdrs ip;
+	struct tcphdr th;
+	__u32 l3 = p->l3off, iplen;
+
+	if (!p->plain || l3 > 22)
+		return 0;
+	iplen = p->v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+	if (bpf_xdp_load_bytes(ctx, l3, &ip, iplen) ||
+	    bpf_xdp_load_bytes(ctx, l3 + iplen, &th, sizeof(th)))
+		return 0;
+	if (p->v6)
+		return tcp_raw_check_syncookie_ipv6(&ip.v6, &th) == 0;
+	return tcp_raw_check_syncookie_ipv4(&ip.v4, &th) == 0;
+}
+
+/*
+ * protect runs service protection for a SYN or ACK to a protected service
+ * (pr) and returns the action; XDP_PASS continues with the accounting.
+ */
+static __always_inline int protect(struct xdp_md *ctx, const struct packet *p,
+				   enum kind k, struct protection *pr,
+				   __u64 now)
+{
+	int act;
+
+	if (is_verified(p, now)) {
+		if (k == KIND_SYN)
+			__sync_fetch_and_add(&pr->verified, 1);
+		return XDP_PASS;
+	}
+	if (k == KIND_SYN && allowlisted(p)) {
+		__sync_fetch_and_add(&pr->verified, 1);
+		return XDP_PASS;
+	}
+	if (k == KIND_ACK) {
+		if (cookie_valid(ctx, p)) {
+			mark_verified(p, now);
+			__sync_fetch_and_add(&pr->cookies_validated, 1);
+		}
+		return XDP_PASS;
+	}
+	if (pr->flags & PROTECT_COOKIES) {
+		act = send_cookie(ctx, p, pr, now);
+		if (act != XDP_PASS) {
+			if (act == XDP_TX)
+				__sync_fetch_and_add(&pr->cookies_sent, 1);
+			return act;
+		}
+	}
+	if (within_budget(pr, now)) {
+		__sync_fetch_and_add(&pr->admitted, 1);
+		return XDP_PASS;
+	}
+	__sync_fetch_and_add(&pr->dropped, 1);
+	return XDP_DROP;
+}
+
 /*
  * drop_cached_ban is the flood's fast path: a source whose entry caches a
  * ban verdict under the current lists, whose ban is still live, in enforce
  * mode, is counted (frames, its kind, dropped, the ban's drop counter:
  * exactly what handle_tcp would count) and dropped without any other work.
  * It returns 0, having counted nothing, in every other case; handle_tcp
- * then decides as usual. Measured: about 3 ns (12%) less per dropped frame
- * than going through handle_tcp.
+ * then decides as usual. Measured (BPF_PROG_RUN, banned-source benchmark,
+ * back to back): 22.8 ns vs 28.2 ns through handle_tcp, 1.38x vs 1.56x
+ * xdp-filter; parsing plus the sources lookup alone costs 1.18x.
  */
 static __always_inline int drop_cached_ban(const struct source_stats *s,
 					   enum kind k)
@@ -656,20 +1122,20 @@ static __always_inline int drop_cached_ban(const struct source_stats *s,
 }
 
 /*
- * handle_tcp runs the policy and accounting stages for a TCP frame whose
- * per-source entry is s (NULL when it has none). Later stages (verified
- * sources, SYN cookies per service) slot in between the verdict and the
- * accounting.
+ * handle_tcp runs the policy, protection and accounting stages for a TCP
+ * frame whose per-source entry is s (NULL when it has none).
  */
-static __always_inline int handle_tcp(struct packet *p, enum kind k,
-				      struct global_counters *c,
+static __always_inline int handle_tcp(struct xdp_md *ctx, struct packet *p,
+				      enum kind k, struct global_counters *c,
 				      struct source_stats *s)
 {
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 gen = config_get(CONFIG_LIST_GEN);
+	struct protection *pr = 0;
 	struct ban_hits *hits;
 	__u32 slot;
 	__u64 word;
+	int act;
 	int counted = k == KIND_SYN || k == KIND_ACK || k == KIND_RST;
 
 	if (s) {
@@ -705,6 +1171,19 @@ static __always_inline int handle_tcp(struct packet *p, enum kind k,
 		break;
 	}
 
+	if ((k == KIND_SYN || k == KIND_ACK) && config_get(CONFIG_PROTECTIONS))
+		pr = bpf_map_lookup_elem(&protected, &p->svc);
+	if (pr) {
+		act = protect(ctx, p, k, pr, now);
+		if (act != XDP_PASS) {
+			count_service(p, k);
+			return act;
+		}
+	} else if (k == KIND_ACK && s && s->syn != s->syn_mark) {
+		/* The first ACK after SYNs: a completed handshake. */
+		mark_verified(p, now);
+	}
+
 	if (counted)
 		count_source(p, s, k, word, now, c);
 	else if (!s && word_verdict(word) != VERDICT_PASS)
@@ -729,6 +1208,7 @@ int synguard_xdp(struct xdp_md *ctx)
 	 * parser writes every byte the policy and accounting stages read. */
 	p.svc.pad = 0;
 	p.v6 = 0;
+	p.l3off = sizeof(struct ethhdr);
 	k = classify(data, end, &p);
 	if (k >= KIND_SYN && k < KIND_COUNT) {
 		s = bpf_map_lookup_elem(&sources, p.src);
@@ -744,5 +1224,5 @@ int synguard_xdp(struct xdp_md *ctx)
 	c->kind[k]++;
 	if (k < KIND_SYN)
 		return XDP_PASS;
-	return handle_tcp(&p, k, c, s);
+	return handle_tcp(ctx, &p, k, c, s);
 }

@@ -42,6 +42,24 @@ type synguardLpmKey struct {
 	Addr      [16]uint8
 }
 
+type synguardProtection struct {
+	_                structs.HostLayout
+	Flags            uint32
+	Budget           uint32
+	Mss              uint16
+	Wscale           uint8
+	Ttl              uint8
+	Pad              uint32
+	Since            uint64
+	WindowStart      uint64
+	WindowUsed       uint64
+	Verified         uint64
+	Admitted         uint64
+	Dropped          uint64
+	CookiesSent      uint64
+	CookiesValidated uint64
+}
+
 type synguardServiceKey struct {
 	_    structs.HostLayout
 	Addr [16]uint8
@@ -77,12 +95,15 @@ const (
 	synguardMapBlocklist         = "blocklist"
 	synguardMapConfig            = "config"
 	synguardMapCounters          = "counters"
+	synguardMapProtected         = "protected"
 	synguardMapServices          = "services"
 	synguardMapSources           = "sources"
 	synguardMapSuspects          = "suspects"
+	synguardMapVerified          = "verified"
 	synguardProgSynguardXdp      = "synguard_xdp"
 	synguardVarSuspectIntervalNs = "suspect_interval_ns"
 	synguardVarSuspectSyns       = "suspect_syns"
+	synguardVarVerifiedTtlNs     = "verified_ttl_ns"
 )
 
 // loadSynguard returns the embedded CollectionSpec for synguard.
@@ -140,9 +161,11 @@ type synguardMapSpecs struct {
 	Blocklist   *ebpf.MapSpec `ebpf:"blocklist"`
 	Config      *ebpf.MapSpec `ebpf:"config"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Protected   *ebpf.MapSpec `ebpf:"protected"`
 	Services    *ebpf.MapSpec `ebpf:"services"`
 	Sources     *ebpf.MapSpec `ebpf:"sources"`
 	Suspects    *ebpf.MapSpec `ebpf:"suspects"`
+	Verified    *ebpf.MapSpec `ebpf:"verified"`
 }
 
 // synguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -151,6 +174,7 @@ type synguardMapSpecs struct {
 type synguardVariableSpecs struct {
 	SuspectIntervalNs *ebpf.VariableSpec `ebpf:"suspect_interval_ns"`
 	SuspectSyns       *ebpf.VariableSpec `ebpf:"suspect_syns"`
+	VerifiedTtlNs     *ebpf.VariableSpec `ebpf:"verified_ttl_ns"`
 }
 
 // synguardObjects contains all objects after they have been loaded into the kernel.
@@ -179,9 +203,11 @@ type synguardMaps struct {
 	Blocklist   *ebpf.Map `ebpf:"blocklist"`
 	Config      *ebpf.Map `ebpf:"config"`
 	Counters    *ebpf.Map `ebpf:"counters"`
+	Protected   *ebpf.Map `ebpf:"protected"`
 	Services    *ebpf.Map `ebpf:"services"`
 	Sources     *ebpf.Map `ebpf:"sources"`
 	Suspects    *ebpf.Map `ebpf:"suspects"`
+	Verified    *ebpf.Map `ebpf:"verified"`
 }
 
 func (m *synguardMaps) Close() error {
@@ -192,9 +218,11 @@ func (m *synguardMaps) Close() error {
 		m.Blocklist,
 		m.Config,
 		m.Counters,
+		m.Protected,
 		m.Services,
 		m.Sources,
 		m.Suspects,
+		m.Verified,
 	)
 }
 
@@ -204,6 +232,7 @@ func (m *synguardMaps) Close() error {
 type synguardVariables struct {
 	SuspectIntervalNs *ebpf.Variable `ebpf:"suspect_interval_ns"`
 	SuspectSyns       *ebpf.Variable `ebpf:"suspect_syns"`
+	VerifiedTtlNs     *ebpf.Variable `ebpf:"verified_ttl_ns"`
 }
 
 // synguardPrograms contains all programs after they have been loaded into the kernel.

@@ -17,6 +17,8 @@ const (
 	DefaultMaxAllows       = 65536
 	DefaultSuspectSYNs     = 100
 	DefaultSuspectInterval = time.Second
+	DefaultMaxVerified     = 1 << 18
+	DefaultVerifiedTTL     = time.Hour
 )
 
 // maxBanSlots is the largest MaxBans the verdict cache can encode (30 bits).
@@ -43,6 +45,12 @@ type Options struct {
 	// SuspectInterval: at most one suspect event per source per interval;
 	// 0 = 1s.
 	SuspectInterval time.Duration
+	// MaxVerified sizes the LRU of verified sources (sources that
+	// completed a handshake; 40 bytes each); 0 = 1<<18.
+	MaxVerified uint32
+	// VerifiedTTL is how long a completed handshake keeps a source
+	// verified (its SYNs pass a protected service); 0 = 1h.
+	VerifiedTTL time.Duration
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -63,6 +71,15 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.SuspectInterval == 0 {
 		o.SuspectInterval = DefaultSuspectInterval
+	}
+	if o.MaxVerified == 0 {
+		o.MaxVerified = DefaultMaxVerified
+	}
+	if o.VerifiedTTL == 0 {
+		o.VerifiedTTL = DefaultVerifiedTTL
+	}
+	if o.VerifiedTTL < 0 {
+		return o, fmt.Errorf("verified ttl %v: must be positive", o.VerifiedTTL)
 	}
 	if o.MaxBans >= maxBanSlots {
 		return o, fmt.Errorf("max bans %d: must be below %d", o.MaxBans, maxBanSlots)

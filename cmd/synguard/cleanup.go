@@ -30,7 +30,7 @@ func newCleanupCmd() *cobra.Command {
 				return err
 			}
 			if _, err := f.client().Status(ctxOf(cmd)); err == nil && !force {
-				return usageError(fmt.Errorf("cleanup: the daemon is running on %s; stop it first (systemctl stop synguard) or use --force", f.socket))
+				return usageError(fmt.Errorf("cleanup: the daemon is running on %s; stop it first (systemctl stop synguard) or use --force", f.socketPath()))
 			} else if err != nil && !errors.Is(err, api.ErrUnreachable) && !force {
 				return fmt.Errorf("cleanup: cannot tell whether the daemon runs: %w", err)
 			}

@@ -35,18 +35,39 @@ func init() {
 type clientFlags struct {
 	socket string
 	json   bool
-	config string // for the daemon-down fallback: where the pins and state are
+	// config names the daemon's configuration file: its socket key is the
+	// default of --socket, and when the daemon is down its bpffs and
+	// state_dir keys say where the pins and reasons are.
+	config string
+	cmd    *cobra.Command
 }
 
 func (f *clientFlags) add(cmd *cobra.Command, fallback bool) {
-	cmd.Flags().StringVar(&f.socket, "socket", "/run/synguard/synguard.sock", "daemon control socket")
+	f.cmd = cmd
+	cmd.Flags().StringVar(&f.socket, "socket", config.Default().Socket, "daemon control socket (default: config key socket)")
 	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON instead of text")
+	help := "configuration file (its socket key)"
 	if fallback {
-		cmd.Flags().StringVar(&f.config, "config", config.DefaultPath, "configuration file (bpffs and state_dir, read when the daemon is down)")
+		help = "configuration file (socket, and bpffs and state_dir, read when the daemon is down)"
 	}
+	cmd.Flags().StringVar(&f.config, "config", config.DefaultPath, help)
 }
 
-func (f *clientFlags) client() *api.Client { return api.NewClient(f.socket) }
+// socketPath is --socket, or else the socket key of the configuration
+// file, so that a daemon configured with another socket is found without
+// flags. A configuration that cannot be read (not in the socket group, no
+// file) leaves the built-in default.
+func (f *clientFlags) socketPath() string {
+	if f.cmd == nil || f.cmd.Flags().Changed("socket") {
+		return f.socket
+	}
+	if cfg, err := config.Load(f.config); err == nil && cfg.Socket != "" {
+		return cfg.Socket
+	}
+	return f.socket
+}
+
+func (f *clientFlags) client() *api.Client { return api.NewClient(f.socketPath()) }
 
 // exitNotRunning is the exit code of `synguard status` when the daemon
 // does not answer (as `systemctl status` uses 3 for inactive).
@@ -78,28 +99,54 @@ func apiError(err error) error {
 	return err
 }
 
+// pinnedView is what the daemon-down fallback read.
+type pinnedView struct {
+	p   *daemon.Pinned
+	st  daemon.State
+	cfg *config.Config
+	// hung: a daemon holds the state dir's lock but did not answer on the
+	// socket (wrong --socket, or the daemon is stuck).
+	hung bool
+}
+
+// statusTimeout bounds `synguard status`'s wait for the daemon.
+const statusTimeout = 5 * time.Second
+
+// downNote says why the pins were read instead of asking the daemon.
+func (v pinnedView) downNote(f *clientFlags, err error) string {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Sprintf("the daemon does not answer on %s within %s: it is hung or overloaded (`systemctl status synguard`, `journalctl -u synguard`)",
+			f.socketPath(), statusTimeout)
+	}
+	if v.hung {
+		return fmt.Sprintf("a synguard daemon holds %s but does not answer on %s (%v): wrong --socket, or the daemon is hung (`systemctl status synguard`, `journalctl -u synguard`)",
+			filepath.Join(v.cfg.StateDir, daemon.LockFile), f.socketPath(), err)
+	}
+	return fmt.Sprintf("daemon NOT running: %v", err)
+}
+
 // readPinned is the daemon-down fallback: the kernel maps under bpffs,
-// joined with the reasons in the state dir.
-func readPinned(f *clientFlags, explicit bool) (*daemon.Pinned, daemon.State, *config.Config, error) {
+// opened read-only (bpf.Open never swaps the daemon's program or drains its
+// events, so this is safe while a daemon runs), joined with the reasons in
+// the state dir.
+func readPinned(f *clientFlags, explicit bool) (pinnedView, error) {
+	var v pinnedView
 	cfg, _, err := loadConfig(f.config, explicit)
 	if err != nil {
-		return nil, daemon.State{}, nil, err
+		return v, err
 	}
+	v.cfg = cfg
 	store := &daemon.Store{Dir: cfg.StateDir}
-	if store.Locked() {
-		// Opening the pins loads a program and swaps it into the live
-		// link, which would cut the running daemon off its events.
-		return nil, daemon.State{}, nil, fmt.Errorf("a synguard daemon holds %s but does not answer on %s: check --socket", filepath.Join(cfg.StateDir, daemon.LockFile), f.socket)
-	}
-	p, err := daemon.ReadPinned(cfg)
-	if err != nil {
-		return nil, daemon.State{}, nil, fmt.Errorf("read pinned maps under %s: %w", cfg.BPFFS, err)
+	v.hung = store.Locked()
+	if v.p, err = daemon.ReadPinned(cfg); err != nil {
+		return v, fmt.Errorf("read pinned maps under %s: %w", cfg.BPFFS, err)
 	}
 	st, err := store.Load()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "warning:", err)
 	}
-	return p, st, cfg, nil
+	v.st = st
+	return v, nil
 }
 
 func newStatusCmd() *cobra.Command {
@@ -107,28 +154,40 @@ func newStatusCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Health, interfaces, counters, open incidents and top suspects",
-		Long: "status asks the daemon for its state. When the daemon does not answer it reads the pinned\n" +
-			"kernel maps directly, says so, and exits with code 3.",
+		Long: "status asks the daemon for its state. When the daemon does not answer (socket unreachable,\n" +
+			"or no answer within 5 s: a hung daemon) it reads the pinned kernel maps directly (read-only),\n" +
+			"says so, and exits with code 3.",
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := f.client().Status(ctxOf(cmd))
-			if err != nil && !errors.Is(err, api.ErrUnreachable) {
+			// The daemon answers status in milliseconds (its data-plane reads
+			// never hold the lock status needs); a daemon that does not is
+			// hung, and the operator needs the pinned state now.
+			ctx, cancel := context.WithTimeout(ctxOf(cmd), statusTimeout)
+			defer cancel()
+			st, err := f.client().Status(ctx)
+			if err != nil && !errors.Is(err, api.ErrUnreachable) && !errors.Is(err, context.DeadlineExceeded) {
 				return apiError(err)
 			}
 			down := err != nil
 			if down {
-				p, state, cfg, perr := readPinned(&f, cmd.Flags().Changed("config"))
-				st = api.Status{Running: false, Notes: []string{fmt.Sprintf("daemon NOT running: %v", err)}}
+				v, perr := readPinned(&f, cmd.Flags().Changed("config"))
+				st = api.Status{Running: false}
 				if perr != nil {
-					st.Notes = append(st.Notes, "pinned maps not readable: "+perr.Error())
+					note := fmt.Sprintf("daemon NOT running: %v", err)
+					if v.cfg != nil {
+						note = v.downNote(&f, err)
+					}
+					st.Notes = append(st.Notes, note, "pinned maps not readable: "+perr.Error())
 				} else {
+					p := v.p
+					st.Notes = append(st.Notes, v.downNote(&f, err))
 					st.Interfaces, st.Counters, st.Bans, st.Allows = p.Interfaces, p.Counters, len(p.Bans), len(p.Allows)
 					if len(p.Interfaces) == 0 {
-						st.Notes = append(st.Notes, "nothing pinned under "+cfg.BPFFS+": no interface is protected")
+						st.Notes = append(st.Notes, "nothing pinned under "+v.cfg.BPFFS+": no interface is protected")
 					} else {
-						st.Notes = append(st.Notes, "read from the pinned maps under "+cfg.BPFFS+"; the kernel keeps enforcing bans while the daemon is down")
+						st.Notes = append(st.Notes, "read from the pinned maps under "+v.cfg.BPFFS+"; the kernel keeps enforcing bans while the daemon is down")
 					}
-					for _, in := range state.Incidents {
+					for _, in := range v.st.Incidents {
 						if in.Stage != detector.StageResolved {
 							st.Incidents = append(st.Incidents, in)
 						}
@@ -319,18 +378,18 @@ func newListCmd() *cobra.Command {
 				v, err = c.Incidents(ctx)
 			}
 			if errors.Is(err, api.ErrUnreachable) {
-				p, st, _, perr := readPinned(&f, cmd.Flags().Changed("config"))
+				pv, perr := readPinned(&f, cmd.Flags().Changed("config"))
 				if perr != nil {
 					return fmt.Errorf("%w; and %v", err, perr)
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "note: daemon NOT running (%v): read from the pinned maps\n", err)
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: %s: read from the pinned maps and the state dir\n", pv.downNote(&f, err))
 				switch what {
 				case "bans":
-					v, err = daemon.JoinBans(p.Bans, st.Bans), nil
+					v, err = daemon.JoinBans(pv.p.Bans, pv.st.Bans), nil
 				case "allows":
-					v, err = daemon.JoinAllows(p.Allows, st.Allows), nil
+					v, err = daemon.JoinAllows(pv.p.Allows, pv.st.Allows), nil
 				case "incidents":
-					v, err = st.Incidents, nil
+					v, err = pv.st.Incidents, nil
 				}
 			}
 			if err != nil {

@@ -25,8 +25,9 @@ func newConfigCmd() *cobra.Command {
 	check := &cobra.Command{
 		Use:   "check",
 		Short: "Validate the configuration and print the effective configuration",
-		Long: "check validates the configuration file (unknown keys are errors) and prints the effective\n" +
-			"configuration, defaults included, as YAML. Exit code 2 when the configuration is invalid.",
+		Long: "check validates the configuration file (unknown keys are errors), reads the alert sinks'\n" +
+			"secret and URL files, and prints the effective configuration, defaults included, as YAML\n" +
+			"(inline webhook and slack URLs redacted). Exit code 2 when the configuration is invalid.",
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, notes, err := loadConfig(path, cmd.Flags().Changed("config"))
@@ -36,7 +37,11 @@ func newConfigCmd() *cobra.Command {
 			if err := daemon.CheckInterfaces(cfg.Interfaces); err != nil {
 				return usageError(err)
 			}
-			out, err := cfg.Marshal()
+			if err := cfg.CheckSecrets(); err != nil {
+				return usageError(err)
+			}
+			// Inline webhook and slack URLs are credentials: never print them.
+			out, err := cfg.Redacted().Marshal()
 			if err != nil {
 				return err
 			}
@@ -84,19 +89,24 @@ func loadConfig(path string, explicit bool) (*config.Config, []string, error) {
 	return nil, nil, err
 }
 
-// newLogger builds the slog logger on w for the log.level/log.format keys.
-func newLogger(w io.Writer, level, format string) *slog.Logger {
-	var lv slog.Level
+// logLevel parses the log.level key (validated by config) into lv, so that
+// a reload can change the level of the running logger.
+func logLevel(lv *slog.LevelVar, level string) {
 	switch strings.ToLower(level) {
 	case "debug":
-		lv = slog.LevelDebug
+		lv.Set(slog.LevelDebug)
 	case "warn":
-		lv = slog.LevelWarn
+		lv.Set(slog.LevelWarn)
 	case "error":
-		lv = slog.LevelError
+		lv.Set(slog.LevelError)
 	default:
-		lv = slog.LevelInfo
+		lv.Set(slog.LevelInfo)
 	}
+}
+
+// newLogger builds the slog logger on w for the log.format key, at the
+// level lv holds (log.level; a reload sets it with logLevel).
+func newLogger(w io.Writer, lv *slog.LevelVar, format string) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: lv}
 	if os.Getenv("JOURNAL_STREAM") != "" && format != "json" {
 		// journald stamps every line itself.

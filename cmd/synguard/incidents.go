@@ -11,6 +11,7 @@ import (
 
 	"github.com/synguard/synguard/detector"
 	"github.com/synguard/synguard/internal/api"
+	"github.com/synguard/synguard/internal/daemon"
 )
 
 func init() { register(newIncidentsCmd) }
@@ -27,11 +28,17 @@ func newIncidentsCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ins, err := f.client().Incidents(ctxOf(cmd))
 			if errors.Is(err, api.ErrUnreachable) {
-				_, st, _, perr := readPinned(&f, cmd.Flags().Changed("config"))
-				if perr != nil {
-					return fmt.Errorf("%w; and %v", err, perr)
+				cfg, _, cerr := loadConfig(f.config, cmd.Flags().Changed("config"))
+				if cerr != nil {
+					return fmt.Errorf("%w; and %v", err, cerr)
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "note: daemon NOT running (%v): read from the state dir\n", err)
+				store := &daemon.Store{Dir: cfg.StateDir}
+				st, serr := store.Load()
+				if serr != nil {
+					return fmt.Errorf("%w; and %v", err, serr)
+				}
+				v := pinnedView{cfg: cfg, hung: store.Locked()}
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: %s: read from the state dir\n", v.downNote(&f, err))
 				ins, err = st.Incidents, nil
 			}
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,15 +17,15 @@ import (
 )
 
 // Live tests run the real binary as a daemon on a veth in a network
-// namespace: names start with "sgd", addresses are 10.200.30.0/24, pins
-// live under /sys/fs/bpf/synguard-test-dm-*.
+// namespace: names start with "sgi", addresses are 10.200.70.0/24, pins
+// live under /sys/fs/bpf/synguard-test-in-*.
 const (
-	srvNS    = "sgd-srv"
-	cliNS    = "sgd-cli"
-	srvIface = "sgd-s0"
-	cliIface = "sgd-c0"
-	srvAddr  = "10.200.30.1"
-	cliAddr  = "10.200.30.2"
+	srvNS    = "sgi-srv"
+	cliNS    = "sgi-cli"
+	srvIface = "sgi-s0"
+	cliIface = "sgi-c0"
+	srvAddr  = "10.200.70.1"
+	cliAddr  = "10.200.70.2"
 )
 
 func requireRoot(t *testing.T) {
@@ -48,7 +49,7 @@ func cleanLeftovers() {
 	for _, ns := range []string{srvNS, cliNS} {
 		exec.Command("ip", "netns", "del", ns).Run()
 	}
-	dirs, _ := filepath.Glob("/sys/fs/bpf/synguard-test-dm-*")
+	dirs, _ := filepath.Glob("/sys/fs/bpf/synguard-test-in-*")
 	for _, d := range dirs {
 		subs, _ := filepath.Glob(filepath.Join(d, "*"))
 		for _, s := range subs {
@@ -101,7 +102,7 @@ type liveEnv struct {
 func newLiveEnv(t *testing.T) *liveEnv {
 	dir := t.TempDir()
 	e := &liveEnv{dir: dir, sock: filepath.Join(dir, "s.sock"), state: filepath.Join(dir, "state"),
-		bpffs: fmt.Sprintf("/sys/fs/bpf/synguard-test-dm-%d", os.Getpid()), notify: newNotifyListener(t)}
+		bpffs: fmt.Sprintf("/sys/fs/bpf/synguard-test-in-%d", os.Getpid()), notify: newNotifyListener(t)}
 	e.cfg = filepath.Join(dir, "synguard.yaml")
 	e.writeConfig(t, "observe", "")
 	return e
@@ -111,7 +112,7 @@ func newLiveEnv(t *testing.T) *liveEnv {
 // so the CLI's daemon-down fallback finds the same pins and state.
 func (e *liveEnv) writeConfig(t *testing.T, mode, extra string) {
 	t.Helper()
-	text := fmt.Sprintf("interfaces: [%s]\nmode: %s\nsocket: %s\nstate_dir: %s\nbpffs: %s\nmetrics_addr: \"127.0.0.1:19717\"\nprotect: {default_gateways: false, ssh_ports: []}\n%s",
+	text := fmt.Sprintf("interfaces: [%s]\nmode: %s\nsocket: %s\nstate_dir: %s\nbpffs: %s\nmetrics_addr: \"127.0.0.1:19770\"\nprotect: {default_gateways: false, ssh_ports: []}\n%s",
 		srvIface, mode, e.sock, e.state, e.bpffs, extra)
 	if err := os.WriteFile(e.cfg, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
@@ -184,6 +185,13 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Fatalf("status: exit %d %+v", r.code, st)
 	}
 
+	// Without --socket the CLI finds the daemon through the config's socket key.
+	r = runBin(t, "status", "--json", "--config", e.cfg)
+	decodeJSON(t, r.stdout, &st)
+	if r.code != 0 || !st.Running {
+		t.Errorf("status --config without --socket: exit %d %+v %s", r.code, st, r.stderr)
+	}
+
 	// A manual ban, with the exact JSON names scripts rely on.
 	if r := e.cli(t, "block", "192.0.2.0/24", "--ttl", "10m", "--reason", "from the runbook"); r.code != 0 {
 		t.Fatalf("block: %d %s", r.code, r.stderr)
@@ -235,6 +243,18 @@ func TestDaemonLifecycle(t *testing.T) {
 	decodeJSON(t, r.stdout, &st)
 	if r.code != 0 || st.Mode != "enforce" {
 		t.Errorf("after a refused reload: exit %d mode %s, want the daemon running in enforce", r.code, st.Mode)
+	}
+	// SIGHUP with an unreadable alert secret: refused as well, naming the
+	// key, before anything changes.
+	e.writeConfig(t, "observe", "alerts:\n  - name: hook\n    type: webhook\n    url: http://127.0.0.1:9/x\n    secret_file: /nonexistent/sgi-secret\n")
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, 5*time.Second, "reload with a missing secret file refused", func() bool {
+		return strings.Contains(d.log(), "alerts[0].secret_file")
+	})
+	r = e.cli(t, "status", "--json")
+	decodeJSON(t, r.stdout, &st)
+	if st.Mode != "enforce" {
+		t.Errorf("a reload refused for its secret file changed the mode to %s", st.Mode)
 	}
 	e.writeConfig(t, "enforce", "")
 
@@ -288,26 +308,50 @@ func TestDaemonLifecycle(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, cliAddr) {
 		t.Errorf("explain: exit %d %s %s", r.code, r.stdout, r.stderr)
 	}
-	// A wrong --socket while the daemon runs must not open the pins behind
-	// its back (that would swap its program and cut off its events).
+	// A wrong --socket while the daemon runs: the pins are read read-only
+	// (bpf.Open), the running program is not replaced, and the note says
+	// a daemon holds the lock but does not answer.
+	prog := xdpProgID(t)
 	r = runBin(t, "status", "--socket", filepath.Join(e.dir, "wrong.sock"), "--config", e.cfg)
-	if r.code != 3 || !strings.Contains(r.stdout, "does not answer") {
-		t.Errorf("status on a wrong socket with the daemon up: exit %d\n%s", r.code, r.stdout)
+	if r.code != 3 || !strings.Contains(r.stdout, "does not answer") || !strings.Contains(r.stdout, srvIface) {
+		t.Errorf("status on a wrong socket with the daemon up: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if id := xdpProgID(t); id != prog {
+		t.Errorf("the daemon-down fallback replaced the running XDP program (id %s -> %s)", prog, id)
 	}
 
-	// kill -9: the kernel keeps the bans; status and list read the pins.
+	// kill -9: the kernel keeps the bans; status and list read the pins
+	// without replacing the program a restarted daemon will adopt.
 	d.cmd.Process.Signal(syscall.SIGKILL)
 	<-d.done
 	r = e.cli(t, "status", "--config", e.cfg)
 	if r.code != 3 || !strings.Contains(r.stdout, "NOT RUNNING") || !strings.Contains(r.stdout, srvIface) || !strings.Contains(r.stdout, "bans "+fmt.Sprint(len(before))) {
 		t.Errorf("status with the daemon down: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	down := e.bans(t, true)
-	if len(down) != len(before) || down[0].Reason != before[0].Reason {
-		t.Errorf("list bans with the daemon down = %+v, want %+v", down, before)
+	var down struct {
+		Running    bool
+		Notes      []string
+		Bans       int
+		Interfaces []struct{ Name, Attach, Mode string }
 	}
-	if out := sh(t, "ip", "-n", srvNS, "link", "show", srvIface); !strings.Contains(out, "xdp") {
-		t.Errorf("XDP detached by kill -9:\n%s", out)
+	r = e.cli(t, "status", "--json", "--config", e.cfg)
+	decodeJSON(t, r.stdout, &down)
+	if r.code != 3 || down.Running || len(down.Notes) == 0 || !strings.Contains(down.Notes[0], "NOT running") ||
+		down.Bans != len(before) || len(down.Interfaces) != 1 || down.Interfaces[0].Name != srvIface ||
+		down.Interfaces[0].Attach == "" || down.Interfaces[0].Mode != "enforce" {
+		t.Errorf("status --json with the daemon down: exit %d %+v\n%s", r.code, down, r.stderr)
+	}
+	r = e.cli(t, "list", "bans", "--json", "--config", e.cfg)
+	var downBans []banJSON
+	decodeJSON(t, r.stdout, &downBans)
+	if r.code != 0 || !strings.Contains(r.stderr, "NOT running") {
+		t.Errorf("list bans --json with the daemon down: exit %d, stderr %q: want 0 and a note", r.code, r.stderr)
+	}
+	if len(downBans) != len(before) || downBans[0].Reason != before[0].Reason || downBans[0].Prefix != before[0].Prefix {
+		t.Errorf("list bans with the daemon down = %+v, want %+v", downBans, before)
+	}
+	if id := xdpProgID(t); id != prog {
+		t.Errorf("reading the pins replaced the XDP program (id %s -> %s)", prog, id)
 	}
 
 	// Restart: bans, reasons and expiry survive.
@@ -358,6 +402,16 @@ func TestDaemonLifecycle(t *testing.T) {
 	}
 }
 
+// xdpProgID is the id of the XDP program attached to the server's veth.
+func xdpProgID(t *testing.T) string {
+	t.Helper()
+	m := regexp.MustCompile(`prog/xdp id (\d+)`).FindStringSubmatch(sh(t, "ip", "-n", srvNS, "-d", "link", "show", srvIface))
+	if m == nil {
+		t.Fatalf("no XDP program on %s", srvIface)
+	}
+	return m[1]
+}
+
 func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -376,13 +430,13 @@ func TestTwoInterfacesShareBans(t *testing.T) {
 		t.Skip("bpftool not installed")
 	}
 	setupNetns(t)
-	sh(t, "ip", "link", "add", "sgd-s1", "netns", srvNS, "type", "veth", "peer", "name", "sgd-c1", "netns", cliNS)
-	sh(t, "ip", "-n", srvNS, "link", "set", "sgd-s1", "up")
-	sh(t, "ip", "-n", cliNS, "link", "set", "sgd-c1", "up")
+	sh(t, "ip", "link", "add", "sgi-s1", "netns", srvNS, "type", "veth", "peer", "name", "sgi-c1", "netns", cliNS)
+	sh(t, "ip", "-n", srvNS, "link", "set", "sgi-s1", "up")
+	sh(t, "ip", "-n", cliNS, "link", "set", "sgi-c1", "up")
 	e := newLiveEnv(t)
 	e.writeConfig(t, "enforce", "")
 	text, _ := os.ReadFile(e.cfg)
-	os.WriteFile(e.cfg, []byte(strings.Replace(string(text), "interfaces: [sgd-s0]", "interfaces: [sgd-s0, sgd-s1]", 1)), 0o600)
+	os.WriteFile(e.cfg, []byte(strings.Replace(string(text), "interfaces: [sgi-s0]", "interfaces: [sgi-s0, sgi-s1]", 1)), 0o600)
 	d := e.start(t)
 	var st struct {
 		Interfaces []struct{ Name, Attach, Mode string }
@@ -394,7 +448,7 @@ func TestTwoInterfacesShareBans(t *testing.T) {
 	if r := e.cli(t, "block", "192.0.2.0/24", "--ttl", "5m"); r.code != 0 {
 		t.Fatalf("block: %s", r.stderr)
 	}
-	for _, ifc := range []string{"sgd-s0", "sgd-s1"} {
+	for _, ifc := range []string{"sgi-s0", "sgi-s1"} {
 		out := sh(t, "bpftool", "-j", "map", "dump", "pinned", filepath.Join(e.bpffs, ifc, "blocklist"))
 		if strings.Count(out, `"formatted"`) != 1 {
 			t.Errorf("blocklist of %s: %s, want the one ban", ifc, out)
@@ -403,7 +457,7 @@ func TestTwoInterfacesShareBans(t *testing.T) {
 	if r := e.cli(t, "unblock", "192.0.2.0/24"); r.code != 0 {
 		t.Fatalf("unblock: %s", r.stderr)
 	}
-	for _, ifc := range []string{"sgd-s0", "sgd-s1"} {
+	for _, ifc := range []string{"sgi-s0", "sgi-s1"} {
 		out := sh(t, "bpftool", "-j", "map", "dump", "pinned", filepath.Join(e.bpffs, ifc, "blocklist"))
 		if strings.Contains(out, `"formatted"`) {
 			t.Errorf("blocklist of %s after unblock: %s", ifc, out)

@@ -76,12 +76,18 @@ func exitCode(err error) int {
 func usageError(err error) error { return &exitError{code: 2, err: err} }
 
 // exactArgs is cobra.ExactArgs with exit code 2 and a message naming the
-// expected arguments.
+// command (without the root name: main prints "synguard: " before every
+// error) and the expected arguments.
 func exactArgs(n int, what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != n {
-			return usageError(fmt.Errorf("%s: want %s, got %d argument(s)", cmd.CommandPath(), what, len(args)))
+			return usageError(fmt.Errorf("%s: want %s, got %d argument(s)", commandName(cmd), what, len(args)))
 		}
 		return nil
 	}
+}
+
+// commandName is the command's path below the root, e.g. "config check".
+func commandName(cmd *cobra.Command) string {
+	return strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
 }

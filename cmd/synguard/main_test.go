@@ -17,7 +17,7 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sgd-bin-")
+	dir, err := os.MkdirTemp("", "sgi-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -76,7 +76,7 @@ func TestConfigCheckExitCodes(t *testing.T) {
 		{"detector key", "detector:\n  ban_factor: 0\n", 2, []string{"detector.ban_factor"}},
 		{"alert sink", "alerts:\n  - name: x\n    type: fax\n", 2, []string{"alerts[0].type"}},
 		{"allow all", "allow: [0.0.0.0/0]\n", 2, []string{"allow[0]", "0.0.0.0/0"}},
-		{"unknown interface", "interfaces: [sgdnosuch0]\n", 2, []string{"sgdnosuch0", "--iface"}},
+		{"unknown interface", "interfaces: [sginosuch0]\n", 2, []string{"sginosuch0", "--iface"}},
 		{"not yaml", "mode: [\n", 2, []string{"yaml"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -104,13 +104,13 @@ func TestConfigCheckExitCodes(t *testing.T) {
 func TestRunRefusesBadFlags(t *testing.T) {
 	dir := t.TempDir()
 	cfg := writeFile(t, dir, "c.yaml", "")
-	common := []string{"run", "--config", cfg, "--socket", filepath.Join(dir, "s.sock"), "--state-dir", dir, "--bpffs", "/sys/fs/bpf/synguard-test-dm-never"}
+	common := []string{"run", "--config", cfg, "--socket", filepath.Join(dir, "s.sock"), "--state-dir", dir, "--bpffs", "/sys/fs/bpf/synguard-test-in-never"}
 	for _, tc := range []struct {
 		args []string
 		want []string
 	}{
 		{[]string{"--mode", "block"}, []string{"--mode", "observe, enforce"}},
-		{[]string{"--iface", "sgdnosuch0"}, []string{"sgdnosuch0", "--iface"}},
+		{[]string{"--iface", "sginosuch0"}, []string{"sginosuch0", "--iface"}},
 		{[]string{"--log-format", "xml"}, []string{"--log-format"}},
 		{[]string{"--metrics-addr", "nowhere"}, []string{"--metrics-addr"}},
 		{[]string{"--no-such-flag"}, []string{"unknown flag"}},
@@ -125,7 +125,7 @@ func TestRunRefusesBadFlags(t *testing.T) {
 			}
 		}
 	}
-	if _, err := os.Stat("/sys/fs/bpf/synguard-test-dm-never"); err == nil {
+	if _, err := os.Stat("/sys/fs/bpf/synguard-test-in-never"); err == nil {
 		t.Error("a refused run pinned something")
 	}
 }
@@ -193,5 +193,108 @@ func decodeJSON(t *testing.T, s string, v any) {
 	t.Helper()
 	if err := json.Unmarshal([]byte(s), v); err != nil {
 		t.Fatalf("decode %q: %v", s, err)
+	}
+}
+
+// Secret files are read by `config check` and `run` (exit 2 when broken),
+// and no secret ever reaches the output.
+func TestConfigCheckReadsSecretsAndNeverPrintsThem(t *testing.T) {
+	dir := t.TempDir()
+	const (
+		signing = "whsec_c2VjcmV0LXNpZ25pbmcta2V5LTMyLWJ5dGVzISE=" // 32 bytes
+		token   = "T0KEN-b7f3e9c1d2a4"
+		hidden  = "https://hooks.example.com/services/" + token
+	)
+	good := writeFile(t, dir, "whsec", signing+"\n")
+	urlFile := writeFile(t, dir, "url", "https://alerts.example.com/hook/FILETOKEN-8c1e2f\n")
+	garbage := writeFile(t, dir, "garbage", "not-a-secret-but-private-9f8e7d\n")
+	sinks := func(secretFile string) string {
+		return fmt.Sprintf("alerts:\n  - name: hook\n    type: webhook\n    url_file: %s\n    secret_file: %s\n"+
+			"  - name: chat\n    type: slack\n    url: %s\n", urlFile, secretFile, hidden)
+	}
+	for _, tc := range []struct {
+		name, secretFile string
+		code             int
+		stderr           string
+	}{
+		{"valid", good, 0, "configuration OK"},
+		{"missing", filepath.Join(dir, "nosuch"), 2, "alerts[0].secret_file"},
+		{"unreadable", dir, 2, "alerts[0].secret_file"}, // a directory: read fails even as root
+		{"malformed", garbage, 2, "whsec_"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, dir, tc.name+".yaml", sinks(tc.secretFile))
+			r := runBin(t, "config", "check", "--config", p)
+			if r.code != tc.code || !strings.Contains(r.stderr, tc.stderr) {
+				t.Errorf("exit %d, want %d with %q\nstdout: %s\nstderr: %s", r.code, tc.code, tc.stderr, r.stdout, r.stderr)
+			}
+			for _, secret := range []string{signing, strings.TrimPrefix(signing, "whsec_"), token, "FILETOKEN", "private-9f8e7d"} {
+				if strings.Contains(r.stdout+r.stderr, secret) {
+					t.Errorf("output reveals %q:\n%s%s", secret, r.stdout, r.stderr)
+				}
+			}
+			if tc.code == 0 && !strings.Contains(r.stdout, "secret_file: "+good) {
+				t.Errorf("effective configuration does not name the secret file:\n%s", r.stdout)
+			}
+		})
+	}
+	// run refuses a broken secret before it touches the data plane.
+	p := writeFile(t, dir, "run.yaml", sinks(garbage))
+	r := runBin(t, "run", "--config", p, "--socket", filepath.Join(dir, "s.sock"), "--state-dir", dir, "--bpffs", "/sys/fs/bpf/synguard-test-in-never")
+	if r.code != 2 || !strings.Contains(r.stderr, "alerts[0].secret_file") || strings.Contains(r.stderr, "private-9f8e7d") {
+		t.Errorf("run with a malformed secret file: exit %d, want 2 naming the key\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Stat("/sys/fs/bpf/synguard-test-in-never"); err == nil {
+		t.Error("a refused run pinned something")
+	}
+}
+
+// main prefixes every error with "synguard: "; the command is named once.
+func TestErrorsNameTheCommandOnce(t *testing.T) {
+	for _, args := range [][]string{{"replay"}, {"config", "check", "extra"}, {"list"}, {"block"}} {
+		r := runBin(t, args...)
+		want := "synguard: " + strings.Join(args[:min(len(args), 2)], " ")
+		if args[0] == "config" {
+			want = "synguard: config check: "
+		}
+		if r.code != 2 || !strings.HasPrefix(r.stderr, want) || strings.Contains(r.stderr, "synguard: synguard") {
+			t.Errorf("%v: exit %d, stderr %q: want exit 2 and a message starting %q", args, r.code, r.stderr, want)
+		}
+	}
+}
+
+// A daemon that accepts but never answers is hung: status gives up after
+// its timeout and shows what the pins say, instead of waiting forever.
+func TestStatusFallsBackOnAHungDaemon(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "hung.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // read nothing, answer nothing
+		}
+	}()
+	cfg := writeFile(t, dir, "c.yaml", fmt.Sprintf("socket: %s\nstate_dir: %s\nbpffs: /sys/fs/bpf/synguard-test-in-none\n", sock, filepath.Join(dir, "state")))
+	start := time.Now()
+	r := runBin(t, "status", "--json", "--config", cfg)
+	took := time.Since(start)
+	var st struct {
+		Running bool
+		Notes   []string
+	}
+	decodeJSON(t, r.stdout, &st)
+	if r.code != 3 || st.Running || len(st.Notes) == 0 || !strings.Contains(st.Notes[0], "does not answer") {
+		t.Errorf("status on a hung daemon: exit %d %+v %s", r.code, st, r.stderr)
+	}
+	if took > 10*time.Second {
+		t.Errorf("status took %v on a hung daemon", took)
 	}
 }

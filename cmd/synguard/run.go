@@ -69,6 +69,9 @@ func newRunCmd() *cobra.Command {
 				if err := next.Validate(); err != nil {
 					return nil, flagNamed(err)
 				}
+				if err := next.CheckSecrets(); err != nil {
+					return nil, err
+				}
 				return next, nil
 			}
 			return runDaemon(cmd.Context(), cfg, f.config, notes, reload)
@@ -97,6 +100,12 @@ func effectiveRunConfig(cmd *cobra.Command, f runFlags) (*config.Config, []strin
 	applyRunFlags(cmd, f, cfg)
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, usageError(flagNamed(err))
+	}
+	// Secret files are read before the data plane is touched, so a broken
+	// credential fails the start with exit code 2 instead of surfacing at
+	// the first incident.
+	if err := cfg.CheckSecrets(); err != nil {
+		return nil, nil, usageError(err)
 	}
 	return cfg, notes, nil
 }
@@ -176,7 +185,9 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	log := newLogger(os.Stderr, cfg.Log.Level, cfg.Log.Format)
+	var level slog.LevelVar
+	logLevel(&level, cfg.Log.Level)
+	log := newLogger(os.Stderr, &level, cfg.Log.Format)
 	slog.SetDefault(log)
 	for _, n := range notes {
 		log.Warn(n)
@@ -208,6 +219,15 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 	defer ln.Close()
 	if gid < 0 && cfg.SocketGroup != "" {
 		log.Warn("control socket group not set: only root may use the socket", "socket", cfg.Socket, "socket_group", cfg.SocketGroup)
+	}
+	// The metrics port too: a port in use fails the start before the data
+	// plane is loaded, not after.
+	var mln net.Listener
+	if cfg.MetricsAddr != "" {
+		if mln, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("config key metrics_addr %s: %w", cfg.MetricsAddr, err)
+		}
+		defer mln.Close()
 	}
 
 	plane, err := daemon.OpenBPF(cfg, log)
@@ -242,7 +262,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 	d, err := daemon.New(daemon.Deps{
 		Config: cfg, ConfigPath: cfgPath, Plane: plane, NewEngine: daemon.NewDetector, Alerts: alerts,
 		Kernel:    kernelCounters(),
-		Protected: daemon.HostProtected(cfg.Protect.DefaultGateways, cfg.Protect.SSHPorts),
+		Protected: daemon.ProtectedPeers,
 		Store:     store, Log: log, Metrics: metrics, Version: version, Host: host,
 	})
 	if err != nil {
@@ -253,7 +273,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 	}
 	defer d.Shutdown()
 
-	srv := &api.Server{Backend: d, GID: gid, Log: log, DefaultTTL: cfg.ManualBanTTL}
+	srv := &api.Server{Backend: d, GID: gid, Log: log, DefaultTTL: cfg.ManualBanTTL,
+		DefaultTTLFunc: func() time.Duration { return d.Config().ManualBanTTL }}
 	go func() {
 		if err := srv.Serve(ln); err != nil {
 			log.Error("api server stopped", "err", err)
@@ -265,11 +286,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 		_ = srv.Shutdown(sctx)
 	}()
 
-	if cfg.MetricsAddr != "" {
-		mln, err := net.Listen("tcp", cfg.MetricsAddr)
-		if err != nil {
-			return fmt.Errorf("config key metrics_addr %s: %w", cfg.MetricsAddr, err)
-		}
+	if mln != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics.Handler())
 		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -304,7 +321,9 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 			if sig == syscall.SIGHUP {
 				old := d.Config()
 				newCfg, err := reload(old)
-				sinksChanged := err == nil && !alertsEqual(newCfg.Alerts, old.Alerts)
+				// Sinks with credential files restart too: a reload is how a
+				// rotated secret or URL file takes effect.
+				sinksChanged := err == nil && (!alertsEqual(newCfg.Alerts, old.Alerts) || readsFiles(newCfg.Alerts))
 				if sinksChanged {
 					err = alerts.restart(newCfg.Alerts, old.Alerts)
 				}
@@ -321,6 +340,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 				modeMu.Lock()
 				mode = newCfg.Mode
 				modeMu.Unlock()
+				logLevel(&level, newCfg.Log.Level) // log.format needs a restart
 				notify(log, "STATUS="+statusLine(d))
 				continue
 			}
@@ -338,6 +358,17 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 }
 
 func alertsEqual(a, b []alert.SinkConfig) bool { return reflect.DeepEqual(a, b) }
+
+// readsFiles reports whether a sink reads a URL or secret file, whose
+// content may have changed without the configuration changing.
+func readsFiles(sinks []alert.SinkConfig) bool {
+	for _, s := range sinks {
+		if s.URLFile != "" || s.SecretFile != "" || s.RoutingKeyFile != "" {
+			return true
+		}
+	}
+	return false
+}
 
 func statusLine(d *daemon.Daemon) string {
 	st, err := d.Status(context.Background())

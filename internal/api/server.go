@@ -86,6 +86,9 @@ type Server struct {
 	Log *slog.Logger
 	// DefaultTTL is the ban length when a block request has none.
 	DefaultTTL time.Duration
+	// DefaultTTLFunc, when set, overrides DefaultTTL at each request, so
+	// that a reloaded manual_ban_ttl applies without a restart.
+	DefaultTTLFunc func() time.Duration
 
 	http *http.Server
 	ln   net.Listener
@@ -274,6 +277,9 @@ func (s *Server) Handler() http.Handler {
 			return nil, BadRequest(fmt.Errorf("block %w", err))
 		}
 		ttl := s.DefaultTTL
+		if s.DefaultTTLFunc != nil {
+			ttl = s.DefaultTTLFunc()
+		}
 		if req.TTL != "" {
 			if ttl, err = ParseTTL(req.TTL); err != nil {
 				return nil, BadRequest(fmt.Errorf("block %s: %w", p, err))

@@ -78,7 +78,7 @@ func requireRoot(t *testing.T) {
 // traverse, so that clients with other uids can reach it.
 func serve(t *testing.T, gid int) (string, *memBackend) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "sgd-api-")
+	dir, err := os.MkdirTemp("", "sgi-api-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,5 +246,35 @@ func TestParseTTL(t *testing.T) {
 		if _, err := ParseTTL(bad); err == nil {
 			t.Errorf("ParseTTL(%q) accepted", bad)
 		}
+	}
+}
+
+// A reloaded manual_ban_ttl applies to the next block without a restart.
+func TestDefaultTTLFollowsReload(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("changes need root or the group; run as root")
+	}
+	dir := t.TempDir()
+	ln, _, err := Listen(filepath.Join(dir, "s.sock"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	ttl := time.Hour
+	be := &memBackend{bans: map[netip.Prefix]Ban{}}
+	srv := &Server{Backend: be, GID: -1, DefaultTTL: time.Hour, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		DefaultTTLFunc: func() time.Duration { mu.Lock(); defer mu.Unlock(); return ttl }}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	c := NewClient(filepath.Join(dir, "s.sock"))
+	mu.Lock()
+	ttl = 7 * time.Minute // SIGHUP with manual_ban_ttl: 7m
+	mu.Unlock()
+	b, err := c.Block(context.Background(), "192.0.2.0/24", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(b.Until); left > 7*time.Minute || left < 6*time.Minute {
+		t.Errorf("block without --ttl lasts %v, want the reloaded 7m", left)
 	}
 }

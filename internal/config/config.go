@@ -80,8 +80,9 @@ type Log struct {
 	Format string `yaml:"format"`
 }
 
-// Datapath sizes the kernel maps and tunes the early-warning events. Changing
-// a map size needs `synguard cleanup` first (pinned maps keep their size).
+// Datapath sizes the kernel maps and tunes the early-warning events. A new
+// map size applies at the next start: the data plane migrates the pinned
+// maps, keeping bans and the allowlist (counters start afresh).
 type Datapath struct {
 	// MaxSources is the per-source LRU map size.
 	MaxSources uint32 `yaml:"max_sources"`

@@ -29,3 +29,16 @@ func (c *Config) validateParts() error {
 	}
 	return nil
 }
+
+// CheckSecrets reads the alert sinks' secret and URL files (Validate does
+// not: the files may only exist on the host that runs the daemon) and
+// reports unreadable or malformed ones as a *PartError naming the key and
+// the file, never the content. `synguard config check`, `synguard run` and
+// a reload call it, so a broken credential is found before an incident
+// needs it.
+func (c *Config) CheckSecrets() error {
+	if err := alert.CheckSecrets(c.Alerts); err != nil {
+		return &PartError{Err: err}
+	}
+	return nil
+}

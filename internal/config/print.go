@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/synguard/synguard/alert"
 )
 
 // Marshal renders the effective configuration as YAML that Load accepts,
@@ -29,6 +31,18 @@ func (c *Config) Marshal() ([]byte, error) {
 		return nil, err
 	}
 	return b.Bytes(), nil
+}
+
+// Redacted returns a copy safe to print or log: inline alert URLs (the
+// credential of webhook and slack sinks) are redacted, as alert.SinkConfig
+// does it. Secret files are named, never read.
+func (c *Config) Redacted() *Config {
+	r := *c
+	r.Alerts = make([]alert.SinkConfig, len(c.Alerts))
+	for i, s := range c.Alerts {
+		r.Alerts[i] = s.Redacted()
+	}
+	return &r
 }
 
 // FormatDuration writes d as the config file does: 1h rather than 1h0m0s.

@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/synguard/synguard/detector"
@@ -10,8 +12,13 @@ import (
 )
 
 // applyLocked turns decisions into kernel bans, alerts and API state.
+// Bans go first, then unbans: when a prefix ban replaces host bans, the
+// hosts stay blocked throughout. A host ban whose replacement could not be
+// applied (blocklist full, kernel error) is kept, so a failed /24 never
+// lifts the /32s it was meant to replace.
 func (d *Daemon) applyLocked(now time.Time, dec detector.Decisions) {
 	m := d.deps.Metrics
+	var failed []netip.Prefix
 	for _, b := range dec.Bans {
 		if old, ok := d.st.Bans[b.Prefix]; ok && old.Origin == api.OriginManual && !b.Until.After(old.Until) {
 			continue // a longer manual ban stands
@@ -22,6 +29,10 @@ func (d *Daemon) applyLocked(now time.Time, dec detector.Decisions) {
 		}
 		if err := d.deps.Plane.Block(b.Prefix, ttl); err != nil {
 			d.log.Error("ban not applied", "prefix", b.Prefix, "err", err)
+			failed = append(failed, b.Prefix)
+			if m != nil {
+				m.banErrors.Inc()
+			}
 			continue
 		}
 		meta := BanMeta{Origin: api.OriginDetector, Reason: b.Reason, From: b.From, Until: b.Until, Offence: b.Offence, IncidentID: b.IncidentID}
@@ -45,6 +56,10 @@ func (d *Daemon) applyLocked(now time.Time, dec detector.Decisions) {
 		}
 		if old.Origin == api.OriginManual || old.Origin == api.OriginUnknown {
 			continue // the detector never lifts bans it did not make
+		}
+		if slices.ContainsFunc(failed, func(f netip.Prefix) bool { return f.Overlaps(p) }) {
+			d.log.Warn("ban kept: the ban meant to replace it was not applied", "prefix", p)
+			continue
 		}
 		if err := d.deps.Plane.Unblock(p); err != nil {
 			d.log.Error("ban not lifted", "prefix", p, "err", err)

@@ -417,9 +417,11 @@ type Pinned struct {
 	Allows     []netip.Prefix
 }
 
-// ReadPinned opens every interface directory under cfg.BPFFS, reads it and
-// releases it again, leaving attachment and pins as they were. The options
-// must match the daemon's (same config file), or bpf.Load migrates maps.
+// ReadPinned opens every interface directory under cfg.BPFFS read-only
+// (bpf.Open: no program is loaded or swapped into the pinned link, the
+// suspect ring buffer is not touched, map sizes are whatever the daemon
+// pinned), reads it and releases it again. It is safe while a daemon runs,
+// hung or not.
 func ReadPinned(cfg *config.Config) (*Pinned, error) {
 	entries, err := filepath.Glob(filepath.Join(cfg.BPFFS, "*", "config"))
 	if err != nil {
@@ -434,7 +436,7 @@ func ReadPinned(cfg *config.Config) (*Pinned, error) {
 	}()
 	for _, e := range entries {
 		name := filepath.Base(filepath.Dir(e))
-		dp, err := bpf.Load(LoadOptions(cfg, name))
+		dp, err := bpf.Open(PinDir(cfg.BPFFS, name))
 		if err != nil {
 			return nil, fmt.Errorf("open pins of %s: %w", name, err)
 		}

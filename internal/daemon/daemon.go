@@ -95,8 +95,12 @@ type Deps struct {
 	Alerts     Alerter
 	// Kernel reads the server's TCP counters for the snapshot.
 	Kernel func() (detector.KernelCounters, error)
-	// Protected returns the host's default gateways and SSH peers.
-	Protected func() ([]netip.Prefix, error)
+	// Protected returns the host's default gateways and SSH peers as the
+	// running configuration's protect section asks (ProtectedPeers); it is
+	// called at start, on reload and every protectRefresh, so a reload that
+	// changes protect.ssh_ports takes effect and new SSH sessions are
+	// protected within seconds.
+	Protected func(config.Protect) ([]netip.Prefix, error)
 	Store     *Store
 	Clock     func() time.Time
 	Log       *slog.Logger
@@ -221,6 +225,9 @@ func (d *Daemon) Start() error {
 		}
 	}
 	d.engine = eng
+	// Bans restored from the state may cover addresses protected since
+	// (an SSH session opened while the daemon was down): lift them now.
+	d.applyLocked(now, eng.SetProtected(now, d.protected))
 	for _, in := range d.st.Incidents {
 		if in.Stage == detector.StageResolved {
 			d.resolved = append(d.resolved, in)
@@ -335,15 +342,22 @@ func (d *Daemon) applyConfigAllowsLocked(now time.Time) error {
 	return nil
 }
 
+// protectRefresh is how often the default gateways and SSH peers are
+// re-read: an admin who logs in during a flood is protected within this
+// time (and unbanned, if the detector had banned the address).
+const protectRefresh = 10 * time.Second
+
 // refreshProtectedLocked recomputes what the detector must never ban:
-// allowlist, protect.prefixes, default gateways and SSH peers.
+// allowlist, protect.prefixes, default gateways and SSH peers. When the set
+// changes, the detector lifts its bans on newly protected prefixes
+// (SetProtected returns them) and they are applied at once.
 func (d *Daemon) refreshProtectedLocked(now time.Time, force bool) {
-	if !force && now.Sub(d.lastProt) < 10*time.Second {
+	if !force && now.Sub(d.lastProt) < protectRefresh {
 		return
 	}
 	d.lastProt = now
 	if d.deps.Protected != nil {
-		if ps, err := d.deps.Protected(); err != nil {
+		if ps, err := d.deps.Protected(d.cfg.Protect); err != nil {
 			d.log.Warn("protected peers not refreshed", "err", err)
 		} else {
 			d.hostProt = ps
@@ -433,10 +447,13 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 		return fmt.Errorf("config key interfaces changed (%v -> %v): needs a restart", old.Interfaces, cfg.Interfaces)
 	}
 	if cfg.Datapath != old.Datapath || cfg.Attach != old.Attach || cfg.BPFFS != old.BPFFS {
-		return errors.New("config keys datapath.*, attach and bpffs need a restart (and datapath sizes a `synguard cleanup`)")
+		return errors.New("config keys datapath.*, attach and bpffs need a restart (map sizes are migrated at the next start, bans and allowlist kept)")
 	}
 	if cfg.Socket != old.Socket || cfg.StateDir != old.StateDir || cfg.MetricsAddr != old.MetricsAddr || cfg.SocketGroup != old.SocketGroup {
 		return errors.New("config keys socket, socket_group, state_dir and metrics_addr need a restart")
+	}
+	if cfg.Log.Format != old.Log.Format {
+		d.log.Warn("log.format changes at the next restart; log.level applies now", "old", old.Log.Format, "new", cfg.Log.Format)
 	}
 	if cfg.Detector.SuspectSYNs != old.Detector.SuspectSYNs {
 		d.log.Warn("detector.suspect_syns reaches the data plane's early warnings only at the next restart; the detector uses it now",
@@ -450,6 +467,12 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	d.cfg = cfg
 	if err := d.applyConfigAllowsLocked(now); err != nil {
 		d.cfg = old
+		if cfg.Mode != old.Mode {
+			// The refused reload must not leave the kernel in the new mode.
+			if merr := d.deps.Plane.SetMode(old.Mode == "enforce"); merr != nil {
+				d.log.Error("mode not restored after a refused reload", "mode", old.Mode, "err", merr)
+			}
+		}
 		return err
 	}
 	d.refreshProtectedLocked(now, true)
@@ -463,6 +486,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 			return fmt.Errorf("detector state into new detector: %w", err)
 		}
 		d.engine = eng
+		d.applyLocked(now, eng.SetProtected(now, d.protected))
 	}
 	if cfg.PollInterval != old.PollInterval {
 		select {

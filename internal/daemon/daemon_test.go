@@ -36,6 +36,10 @@ type fakePlane struct {
 	suspectSYNs uint32
 	// block, when set, holds Sources until closed.
 	block chan struct{}
+	// ops logs Block and Unblock calls in order ("block P", "unblock P").
+	ops []string
+	// failBlock makes Block of these prefixes fail, as a full blocklist would.
+	failBlock map[netip.Prefix]bool
 }
 
 func newFakePlane(now func() time.Time) *fakePlane {
@@ -158,6 +162,11 @@ func (p *fakePlane) Block(pfx netip.Prefix, ttl time.Duration) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.failBlock[pfx] {
+		p.ops = append(p.ops, "failed block "+pfx.String())
+		return errors.New("blocklist full")
+	}
+	p.ops = append(p.ops, "block "+pfx.String())
 	b := p.bans[pfx]
 	b.Prefix, b.Until = pfx, p.now().Add(ttl)
 	p.bans[pfx] = b
@@ -166,6 +175,7 @@ func (p *fakePlane) Block(pfx netip.Prefix, ttl time.Duration) error {
 func (p *fakePlane) Unblock(pfx netip.Prefix) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.ops = append(p.ops, "unblock "+pfx.String())
 	delete(p.bans, pfx)
 	return nil
 }
@@ -260,6 +270,8 @@ type harness struct {
 	d     *Daemon
 	// engine overrides the detector factory (default NewDetector).
 	engine EngineFactory
+	// protected is Deps.Protected of the next start.
+	protected func(config.Protect) ([]netip.Prefix, error)
 }
 
 func newHarness(t *testing.T, mode string) *harness {
@@ -283,7 +295,8 @@ func (h *harness) start() {
 		factory = NewDetector
 	}
 	d, err := New(Deps{Config: h.cfg, Plane: h.plane, NewEngine: factory, Alerts: h.rec, Store: h.store,
-		Clock: h.clk.now, Metrics: NewMetrics("test"), Host: "test", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Clock: h.clk.now, Metrics: NewMetrics("test"), Host: "test", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Protected: h.protected})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -577,7 +590,7 @@ func TestConfigAllowsAppliedAndRemovedOnReload(t *testing.T) {
 
 func TestProtectedPeerNeverBanned(t *testing.T) {
 	h := newHarness(t, "enforce")
-	h.d.deps.Protected = func() ([]netip.Prefix, error) {
+	h.d.deps.Protected = func(config.Protect) ([]netip.Prefix, error) {
 		return []netip.Prefix{netip.PrefixFrom(attacker, 32)}, nil
 	}
 	h.d.mu.Lock()

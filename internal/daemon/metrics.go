@@ -23,6 +23,7 @@ type Metrics struct {
 	pollSeconds   prometheus.Histogram
 	detectSeconds prometheus.Histogram
 	pollErrors    prometheus.Counter
+	banErrors     prometheus.Counter
 	fullScans     prometheus.Counter
 	suspects      prometheus.Counter
 	bansApplied   *prometheus.CounterVec
@@ -52,8 +53,10 @@ func NewMetrics(version string) *Metrics {
 			Buckets: []float64{.00001, .00005, .0001, .0005, .001, .005, .01, .05, .1},
 		}),
 		pollErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "synguard_poll_errors_total", Help: "Polls abandoned because a data-plane read failed."}),
-		fullScans:  prometheus.NewCounter(prometheus.CounterOpts{Name: "synguard_full_scans_total", Help: "Reads of every per-source entry."}),
-		suspects:   prometheus.NewCounter(prometheus.CounterOpts{Name: "synguard_suspect_events_total", Help: "Early-warning events from the data plane."}),
+		banErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "synguard_ban_errors_total",
+			Help: "Detector bans the kernel blocklist refused (full, or a kernel error): a flood goes on unblocked."}),
+		fullScans: prometheus.NewCounter(prometheus.CounterOpts{Name: "synguard_full_scans_total", Help: "Reads of every per-source entry."}),
+		suspects:  prometheus.NewCounter(prometheus.CounterOpts{Name: "synguard_suspect_events_total", Help: "Early-warning events from the data plane."}),
 		bansApplied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "synguard_bans_applied_total", Help: "Bans put on the kernel blocklist, by origin (detector, manual)."},
 			[]string{"origin"}),
 		bansLifted: prometheus.NewCounter(prometheus.CounterOpts{Name: "synguard_bans_lifted_total", Help: "Detector bans lifted before their kernel expiry."}),
@@ -68,7 +71,7 @@ func NewMetrics(version string) *Metrics {
 	for _, k := range []detector.Kind{detector.KindSource, detector.KindService} {
 		m.incidents.WithLabelValues(string(k))
 	}
-	m.reg.MustRegister(m.pollSeconds, m.detectSeconds, m.pollErrors, m.fullScans, m.suspects, m.bansApplied, m.bansLifted, m.incidents,
+	m.reg.MustRegister(m.pollSeconds, m.detectSeconds, m.pollErrors, m.banErrors, m.fullScans, m.suspects, m.bansApplied, m.bansLifted, m.incidents,
 		stateCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "synguard_build_info", Help: "Always 1; the version label says which synguard runs.",

@@ -6,8 +6,15 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/synguard/synguard/internal/config"
 	"github.com/synguard/synguard/internal/kstat"
 )
+
+// ProtectedPeers is Deps.Protected for this host: HostProtected with the
+// protect section of the running configuration.
+func ProtectedPeers(p config.Protect) ([]netip.Prefix, error) {
+	return HostProtected(p.DefaultGateways, p.SSHPorts)()
+}
 
 // HostProtected returns a function listing what the detector must never
 // ban on this host: the next hops of the default routes (banning the

@@ -142,12 +142,16 @@ func (s *Store) Save(st State) error {
 }
 
 // LockFile is held (flock) by the running daemon in the state dir, so that
-// a second daemon on the same state refuses to start and the CLI knows not
-// to touch the pins behind a live daemon's back.
+// a second daemon on the same state refuses to start and the CLI can tell
+// a hung daemon (lock held, socket silent) from a stopped one.
 const LockFile = "synguard.lock"
 
-// Lock takes the state dir's lock without waiting; the lock lasts until
-// the returned file is closed or the process dies (kill -9 included).
+// lockWait is how long Lock retries a held lock: Locked (the CLI) holds a
+// shared lock for an instant, which must not make a daemon start fail.
+const lockWait = time.Second
+
+// Lock takes the state dir's lock, retrying for lockWait; the lock lasts
+// until the returned file is closed or the process dies (kill -9 included).
 func (s *Store) Lock() (*os.File, error) {
 	if err := os.MkdirAll(s.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("state dir %s: %w", s.Dir, err)
@@ -157,7 +161,13 @@ func (s *Store) Lock() (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	deadline := time.Now().Add(lockWait)
+	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	for errors.Is(err, unix.EWOULDBLOCK) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	}
+	if err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, fmt.Errorf("lock %s: another synguard daemon uses state dir %s", path, s.Dir)

@@ -170,7 +170,7 @@ func run(ctx context.Context, s *testbed.Standalone) error {
 	if banAfter == 0 {
 		fmt.Println("    the attacker was NOT banned within 10 s (see the daemon log below)")
 	}
-	if err := sleep(ctx, 500 * time.Millisecond); err != nil {
+	if err := sleep(ctx, 500*time.Millisecond); err != nil {
 		return err
 	}
 	step("During the flood: synguard status")
@@ -193,12 +193,12 @@ func run(ctx context.Context, s *testbed.Standalone) error {
 	if r.err != nil {
 		return fmt.Errorf("flood: %w", r.err)
 	}
-	if err := sleep(ctx, 500 * time.Millisecond); err != nil {
+	if err := sleep(ctx, 500*time.Millisecond); err != nil {
 		return err
 	}
 	reqs := client.Stop()
 	n, ok, errs := e2e.Tally(reqs, floodStart, floodEnd)
-	if err := sleep(ctx, 2 * env.PollInterval); err != nil {
+	if err := sleep(ctx, 2*env.PollInterval); err != nil {
 		return err
 	}
 

@@ -416,3 +416,110 @@ func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
+
+// TestObserveModeNeverDrops floods a daemon in observe mode (on the second
+// subnet, 10.200.61.0/24): the attacker is still detected and put on the
+// blocklist, but every frame passes and is counted as would-drop, and the
+// alert says nothing was blocked.
+func TestObserveModeNeverDrops(t *testing.T) {
+	testbed.RequireRoot(t)
+	if bin == "" {
+		t.Fatal("synguard binary not built")
+	}
+	if err := e2e.CleanPins(pinGlob); err != nil {
+		t.Fatal(err)
+	}
+	bed, err := testbed.New(t, testbed.Config{Prefix: prefix, Subnet: subnet + 1, Hosts: []string{"atk"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, atk := bed.Server, bed.Host("atk")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := srv.ServeHTTP(80, http.NotFoundHandler()); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	hook, err := e2e.StartWebhook(t, srv, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := e2e.NewEnv(t, e2e.Options{Bed: bed, Bin: bin, Dir: dir, Mode: "observe",
+		BPFFS: fmt.Sprintf("/sys/fs/bpf/synguard-test-e2e-obs-%d", os.Getpid()), Extra: hook.SinkYAML()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := env.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.Output())
+		}
+	}()
+	if err := atk.DropOutgoingRST(); err != nil {
+		t.Fatal(err)
+	}
+	before, err := srv.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent, err := atk.Flood(ctx, testbed.Flood{To: netip.AddrPortFrom(srv.Addr4, 80), Count: 3000, Interval: 250 * time.Microsecond, Timeout: 15 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := srv.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * env.PollInterval)
+	st, err := env.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bans, _, err := env.Bans(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, err := env.Explain(ctx, atk.Addr4.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inSegs := after["Tcp.InSegs"] - before["Tcp.InSegs"]
+	t.Logf("observe: sent %d, server Tcp.InSegs +%d, dropped %d, would-drop %d, bans %+v", sent, inSegs, st.Counters.Dropped, st.Counters.WouldDrop, bans)
+	if st.Mode != "observe" || len(st.Interfaces) != 1 || st.Interfaces[0].Mode != "observe" {
+		t.Errorf("status mode %s, interfaces %+v: want observe", st.Mode, st.Interfaces)
+	}
+	if st.Counters.Dropped != 0 {
+		t.Errorf("observe mode dropped %d frames", st.Counters.Dropped)
+	}
+	if inSegs < int64(sent) {
+		t.Errorf("server received %d TCP segments, fewer than the %d SYNs sent: something was dropped", inSegs, sent)
+	}
+	if len(bans) != 1 || bans[0].Prefix != netip.PrefixFrom(atk.Addr4, 32) || bans[0].Dropped != 0 || bans[0].WouldDrop == 0 {
+		t.Fatalf("bans in observe mode: %+v, want the attacker with would-drops and no drops", bans)
+	}
+	if ex.Kernel == nil || ex.Kernel.SYN != uint64(sent) {
+		t.Errorf("attacker kernel counters %+v: every one of the %d SYNs passes and is counted", ex.Kernel, sent)
+	}
+	if bans[0].WouldDrop != st.Counters.WouldDrop || bans[0].WouldDrop >= uint64(sent) {
+		t.Errorf("would-drop: ban %d, status %d, sent %d", bans[0].WouldDrop, st.Counters.WouldDrop, sent)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if ids, _ := hook.Opened(atk.Addr4.String()); len(ids) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no opened alert for %s after 10 s", atk.Addr4)
+		}
+	}
+	for _, m := range hook.Messages() {
+		if m.VerifyErr != nil {
+			t.Errorf("webhook message %s: %v", m.ID, m.VerifyErr)
+		}
+		if m.Mode != "observe" {
+			t.Errorf("webhook message %s: mode %q, want observe", m.ID, m.Mode)
+		}
+	}
+}

@@ -44,7 +44,9 @@ type Message struct {
 	VerifyErr error
 	Type      string
 	// Summary is the message's one-line summary (data.summary).
-	Summary   string
+	Summary string
+	// Mode is the daemon's mode when it sent the message (data.mode).
+	Mode      string
 	Incidents []detector.Incident
 	Body      []byte
 }
@@ -99,6 +101,7 @@ func (w *Webhook) serve(rw http.ResponseWriter, r *http.Request) {
 		ID   string `json:"id"`
 		Data struct {
 			Summary   string `json:"summary"`
+			Mode      string `json:"mode"`
 			Incidents []struct {
 				Incident detector.Incident `json:"incident"`
 			} `json:"incidents"`
@@ -109,7 +112,7 @@ func (w *Webhook) serve(rw http.ResponseWriter, r *http.Request) {
 	} else if p.ID != m.ID {
 		m.VerifyErr = errors.Join(m.VerifyErr, fmt.Errorf("body id %q != webhook-id %q", p.ID, m.ID))
 	}
-	m.Type, m.Summary = p.Type, p.Data.Summary
+	m.Type, m.Summary, m.Mode = p.Type, p.Data.Summary, p.Data.Mode
 	for _, in := range p.Data.Incidents {
 		m.Incidents = append(m.Incidents, in.Incident)
 	}

@@ -4,15 +4,24 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 
+	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/synguard/synguard/bpf"
+	"github.com/synguard/synguard/internal/synproxy"
 	"github.com/synguard/synguard/internal/testbed"
 )
 
@@ -119,22 +128,67 @@ func (b *bench) listen(t *testing.T) (stop func()) {
 // alone is not success, since with SYN cookies the client completes it
 // against XDP before the listener knows of it.
 func connect(ns *testbed.NS, to netip.AddrPort) bool {
-	deadline := time.Now().Add(connTimeout)
+	ok, _ := connectWhy(ns, to)
+	return ok
+}
+
+// connectWhy is connect saying why a connection failed ("dial: ...",
+// "read: ...") or how long a successful one took.
+func connectWhy(ns *testbed.NS, to netip.AddrPort) (bool, string) {
+	start := time.Now()
+	deadline := start.Add(connTimeout)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	c, err := ns.DialContext(ctx, "tcp4", to.String())
 	if err != nil {
-		return false
+		return false, "dial: " + errClass(err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(deadline)
 	buf := make([]byte, 3)
-	_, err = io.ReadFull(c, buf)
-	return err == nil && string(buf) == "ok\n"
+	if _, err = io.ReadFull(c, buf); err != nil || string(buf) != "ok\n" {
+		return false, "read: " + errClass(err)
+	}
+	return true, time.Since(start).Round(100 * time.Millisecond).String()
+}
+
+func errClass(err error) string {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return "bad greeting"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "reset"
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return "eof"
+	}
+	return err.Error()
 }
 
 // clientResult counts one client's connections in a phase.
-type clientResult struct{ attempts, ok atomic.Int64 }
+type clientResult struct {
+	attempts, ok atomic.Int64
+	mu           sync.Mutex
+	outcomes     map[string]int // failure reasons, success latencies
+}
+
+func (c *clientResult) record(ok bool, why string) {
+	c.attempts.Add(1)
+	if ok {
+		c.ok.Add(1)
+		why = "ok " + why
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.outcomes == nil {
+		c.outcomes = map[string]int{}
+	}
+	c.outcomes[why]++
+}
 
 func (c *clientResult) share() float64 {
 	if n := c.attempts.Load(); n > 0 {
@@ -153,11 +207,7 @@ func runClient(ns *testbed.NS, to netip.AddrPort, stop <-chan struct{}, r *clien
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ok := connect(ns, to)
-			r.attempts.Add(1)
-			if ok {
-				r.ok.Add(1)
-			}
+			r.record(connectWhy(ns, to))
 		}()
 		select {
 		case <-stop:
@@ -176,7 +226,6 @@ type phaseResult struct {
 	preFloodOK       bool
 	old, new         clientResult
 	arrived, toStack uint64
-	floodSeconds     float64
 	extra            string
 }
 
@@ -200,17 +249,16 @@ func (b *bench) run(t *testing.T, p phase) *phaseResult {
 	// The old client was a user before the flood.
 	res.preFloodOK = connect(b.old, b.svc)
 	arrived0, stack0 := b.meter(t)
+	k0, _ := b.Server.Counters()
 
 	var (
 		floodErr error
 		floodWG  sync.WaitGroup
 	)
 	floodWG.Add(1)
-	start := time.Now()
 	go func() {
 		defer floodWG.Done()
 		res.sent, floodErr = b.atk.Flood(context.Background(), testbed.Flood{To: b.svc, Duration: floodFor, RandSource: true})
-		res.floodSeconds = time.Since(start).Seconds()
 	}()
 	if p.onFlood != nil {
 		p.onFlood(t)
@@ -233,11 +281,19 @@ func (b *bench) run(t *testing.T, p phase) *phaseResult {
 		t.Fatalf("%s: flood: %v", p.name, floodErr)
 	}
 	arrived1, stack1 := b.meter(t)
+	k1, _ := b.Server.Counters()
+	var kd []string
+	for _, k := range []string{"TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv", "TcpExt.SyncookiesFailed", "TcpExt.ListenDrops",
+		"TcpExt.ListenOverflows", "TcpExt.TCPReqQFullDrop", "TcpExt.TCPReqQFullDoCookies", "Tcp.PassiveOpens", "Tcp.AttemptFails", "Tcp.OutRsts"} {
+		kd = append(kd, fmt.Sprintf("%s=%d", k, k1[k]-k0[k]))
+	}
+	t.Logf("%s: server TCP counters: %s", p.name, strings.Join(kd, " "))
 	res.arrived, res.toStack = arrived1-arrived0, stack1-stack0
 	res.rate = float64(res.sent) / floodFor.Seconds()
 	if p.after != nil {
 		res.extra = p.after(t)
 	}
+	t.Logf("%s: old client outcomes %v; new client outcomes %v", p.name, res.old.outcomes, res.new.outcomes)
 	t.Logf("%s: flood %d SYNs (%.0f/s); old client %d/%d ok (pre-flood %v), new client %d/%d ok; SYNs entering IP %d, reaching TCP %d; %s",
 		p.name, res.sent, res.rate, res.old.ok.Load(), res.old.attempts.Load(), res.preFloodOK,
 		res.new.ok.Load(), res.new.attempts.Load(), res.arrived, res.toStack, res.extra)
@@ -257,11 +313,190 @@ func table(rs []*phaseResult) string {
 }
 
 // TestSpoofedFlood measures the overloaded server without synguard, then
-// with it, in one run on one bed.
+// with it (XDP SYN cookies + nftables SYNPROXY), in one run on one bed.
 func TestSpoofedFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("floods flat out for 50 s (five phases); skipped with -short")
+	}
 	b := newBench(t)
 	var rs []*phaseResult
-	without := b.run(t, phase{name: "without synguard"})
-	rs = append(rs, without)
+	rs = append(rs, b.run(t, phase{name: "without synguard"}))
+	for _, m := range []bpf.AttachMode{bpf.AttachNative, bpf.AttachGeneric} {
+		rs = append(rs, b.run(t, b.withSynguard(t, m, false, 20)))
+	}
+	// The fallback where XDP cookies are impossible: kernel cookies on,
+	// unverified SYNs all passed (budget 0) or budgeted.
+	rs = append(rs, b.run(t, b.withSynguard(t, bpf.AttachNative, true, 0)))
+	rs = append(rs, b.run(t, b.withSynguard(t, bpf.AttachNative, true, 20)))
 	t.Logf("results:\n%s", table(rs))
+	without := rs[0]
+	// The targets, for native XDP (what "auto" gives on a real
+	// NIC); generic XDP gets a looser bound, it loses a connection now and
+	// then when the two cores are saturated.
+	for i, with := range rs[1:3] {
+		want := 0.99
+		if i == 1 {
+			want = 0.95
+		}
+		if with.old.share() < want || with.new.share() < want {
+			t.Errorf("%s: old client %.1f%%, new client %.1f%% of connections succeeded, want >= %.0f%%",
+				with.name, 100*with.old.share(), 100*with.new.share(), 100*want)
+		}
+		if float64(with.toStack) > 0.1*float64(without.toStack) {
+			t.Errorf("%s: %d SYNs reached TCP, without synguard %d: want at least 90%% fewer", with.name, with.toStack, without.toStack)
+		}
+	}
+	// The fallback's verified users get in; new users only with budget 0.
+	if fb := rs[3]; fb.old.share() < 0.99 || fb.new.share() < 0.99 {
+		t.Errorf("%s: old client %.1f%%, new client %.1f%%, want >= 99%%", fb.name, 100*fb.old.share(), 100*fb.new.share())
+	}
+	if fb := rs[4]; fb.old.share() < 0.99 {
+		t.Errorf("%s: old (verified) client %.1f%%, want >= 99%%", fb.name, 100*fb.old.share())
+	}
+}
+
+// TestDefaultsAgree: the XDP cookie SYN-ACK and the SYNPROXY rule must
+// advertise the same MSS and window scale.
+func TestDefaultsAgree(t *testing.T) {
+	if bpf.DefaultCookieMSS4 != synproxy.DefaultMSS4 || bpf.DefaultCookieMSS6 != synproxy.DefaultMSS6 ||
+		bpf.DefaultCookieWScale != synproxy.DefaultWScale {
+		t.Errorf("bpf cookie defaults mss %d/%d wscale %d, synproxy %d/%d %d", bpf.DefaultCookieMSS4, bpf.DefaultCookieMSS6,
+			bpf.DefaultCookieWScale, synproxy.DefaultMSS4, synproxy.DefaultMSS6, synproxy.DefaultWScale)
+	}
+}
+
+// withSynguard is the phase with the XDP program attached to the server's
+// interface in mode; at flood start the service is put under protection
+// the way the daemon does it: SYNPROXY rules first (internal/synproxy),
+// then bpf Protect with Cookies set when SYNPROXY is in place. fallback
+// forces synproxy's kernel-cookies path.
+func (b *bench) withSynguard(t *testing.T, mode bpf.AttachMode, fallback bool, budget uint32) phase {
+	var (
+		d      *bpf.Datapath
+		m      *synproxy.Manager
+		res    synproxy.Result
+		unpeer = func() {}
+	)
+	name := fmt.Sprintf("with synguard (%s XDP, XDP cookies + SYNPROXY)", mode)
+	if fallback {
+		name = fmt.Sprintf("with synguard (%s XDP, fallback: kernel cookies, budget %d/s)", mode, budget)
+		if budget == 0 {
+			name = fmt.Sprintf("with synguard (%s XDP, fallback: kernel cookies, no budget)", mode)
+		}
+	}
+	return phase{
+		name: name,
+		before: func(t *testing.T) {
+			var err error
+			d, err = bpf.Load(bpf.Options{MaxSources: 1 << 16, MaxServices: 1024, MaxBans: 1024, MaxAllows: 1024, MaxVerified: 1 << 14})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { d.Close() })
+			if err := b.Server.Do(func() error { _, err := d.Attach(b.Server.Iface, mode); return err }); err != nil {
+				t.Fatal(err)
+			}
+			if mode == bpf.AttachNative {
+				unpeer = b.peerXDP(t)
+			}
+			sm := synproxy.ModeAuto
+			if fallback {
+				sm = synproxy.ModeKernelCookies
+			}
+			m, err = synproxy.New(synproxy.Options{Mode: sm, Run: nsRunner(b.Server)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = m.Close(context.Background()) })
+		},
+		onFlood: func(t *testing.T) {
+			var err error
+			if res, err = m.Enable(context.Background(), b.svc); err != nil {
+				t.Fatal(err)
+			}
+			p := bpf.Protection{Cookies: res.Path == synproxy.PathSynproxy, Budget: budget}
+			if err := d.Protect(b.svc, p); err != nil {
+				t.Fatal(err)
+			}
+		},
+		after: func(t *testing.T) string {
+			ps, err := d.Protections()
+			if err != nil || len(ps) != 1 {
+				t.Fatalf("protections %v %v", ps, err)
+			}
+			nv, err := d.VerifiedSources()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := d.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ns := range []*testbed.NS{b.old, b.new} {
+				if ok, _ := d.IsVerified(ns.Addr4); !ok && !fallback {
+					t.Errorf("%s client %v not verified after the phase", ns.Name, ns.Addr4)
+				}
+			}
+			if err := d.Unprotect(b.svc); err != nil {
+				t.Error(err)
+			}
+			if err := m.Disable(context.Background(), b.svc); err != nil {
+				t.Error(err)
+			}
+			if err := d.Detach(); err != nil {
+				t.Error(err)
+			}
+			unpeer()
+			p := ps[0]
+			return fmt.Sprintf("path %s; XDP saw %d SYNs: verified %d, admitted %d, dropped %d, cookies sent %d, validated %d; verified sources %d",
+				res.Path, c.SYN, p.Verified, p.Admitted, p.Dropped, p.CookiesSent, p.CookiesValidated, nv)
+		},
+	}
+}
+
+// peerXDP attaches an XDP_PASS program to the server veth's peer (the
+// bridge port in the router namespace) until the test ends. Native XDP_TX
+// on a veth hands the frame to the peer's receive path, which only runs
+// (NAPI) while the peer has an XDP program or GRO on: without it the veth
+// drops every XDP_TX frame silently. A real NIC needs nothing like it.
+func (b *bench) peerXDP(t *testing.T) (detach func()) {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	peer := b.Config.Prefix + "b-srv"
+	var l link.Link
+	err = b.LAN.Do(func() error {
+		ifc, err := net.InterfaceByName(peer)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: link.XDPDriverMode})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("xdp_pass on %s: %v", peer, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return func() { l.Close() }
+}
+
+// nsRunner runs synproxy's commands in the namespace.
+func nsRunner(ns *testbed.NS) synproxy.Runner {
+	return func(ctx context.Context, stdin string, name string, args ...string) ([]byte, error) {
+		c := ns.Command(ctx, name, args...)
+		if stdin != "" {
+			c.Stdin = strings.NewReader(stdin)
+		}
+		out, err := c.CombinedOutput()
+		if err != nil {
+			return out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out)
+		}
+		return out, nil
+	}
 }

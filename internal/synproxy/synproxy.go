@@ -12,10 +12,15 @@
 //     notrack, so conntrack keeps no state for a flood;
 //   - a filter-priority input rule that hands packets to the service whose
 //     conntrack state is invalid or untracked to `synproxy mss M wscale W
-//     timestamp sack-perm` (M and W must be what the XDP SYN-ACK
-//     advertises: see bpf.Protection);
+//     sack-perm` (M and W must be what the XDP SYN-ACK advertises: see
+//     bpf.Protection; "timestamp" only with Options.Timestamps);
 //   - net.netfilter.nf_conntrack_tcp_loose=0, so conntrack marks the
-//     cookie ACK invalid instead of picking it up as a mid-stream flow.
+//     cookie ACK invalid instead of picking it up as a mid-stream flow;
+//   - net.ipv4.tcp_syncookies on: protection usually starts seconds into
+//     a flood, when the listen queue is already full of half-open spoofed
+//     requests that linger for a minute of SYN-ACK retries. SYNPROXY's own
+//     SYN to the listener would be dropped there without cookies; with
+//     them the listener answers it with a cookie and the connection opens.
 //
 // Loopback is excluded: SYNPROXY's own SYN to the listener comes in on lo.
 //
@@ -97,6 +102,13 @@ type Options struct {
 	// window scale is what the client will be told).
 	MSS4, MSS6 uint16
 	WScale     uint8
+	// Timestamps adds "timestamp" to the SYNPROXY rule: the only way a
+	// SYN cookie keeps the client's window scale and SACK permission.
+	// Must equal bpf.Protection.Timestamps. Off by default: on Linux 6.18
+	// the listener rejects SYNPROXY's timestamped ACK
+	// (TcpExtTSEcrRejected), so each connection waits a second for the
+	// listener's SYN-ACK retransmission.
+	Timestamps bool
 	// Table is the nftables table (family inet) the Manager owns.
 	Table string
 	// Run runs nft and sysctl; nil runs them in the caller's namespace.
@@ -187,8 +199,12 @@ func (m *Manager) Enable(ctx context.Context, svc netip.AddrPort) (Result, error
 	if m.opts.Mode == ModeAuto {
 		m.services[svc] = PathSynproxy
 		if nftErr = m.applySynproxy(ctx); nftErr == nil {
-			return Result{Path: PathSynproxy, Reason: fmt.Sprintf("nftables table inet %s: SYNs to %v notrack, synproxy mss %d/%d wscale %d timestamp sack-perm",
-				m.opts.Table, svc, m.opts.MSS4, m.opts.MSS6, m.opts.WScale)}, nil
+			was, err := m.ensureSysctl(ctx, sysctlSyncookies, "1", func(v string) bool { return v != "0" })
+			if err != nil {
+				return Result{Path: PathSynproxy}, fmt.Errorf("synproxy enable %v: %w", svc, err)
+			}
+			return Result{Path: PathSynproxy, Reason: fmt.Sprintf("nftables table inet %s: SYNs to %v notrack, synproxy mss %d/%d wscale %d (timestamps %v); kernel syn cookies %s",
+				m.opts.Table, svc, m.opts.MSS4, m.opts.MSS6, m.opts.WScale, m.opts.Timestamps, cookieState(was))}, nil
 		}
 		delete(m.services, svc)
 		// Put the table back as it was for the other services.
@@ -205,11 +221,14 @@ func (m *Manager) Enable(ctx context.Context, svc netip.AddrPort) (Result, error
 	if nftErr != nil {
 		why = "nftables synproxy unavailable: " + firstLine(nftErr.Error())
 	}
-	state := "already on (" + sysctlSyncookies + "=" + was + ")"
+	return Result{Path: PathKernelCookies, Reason: why + "; XDP cookies off, budget only; kernel syn cookies " + cookieState(was)}, nil
+}
+
+func cookieState(was string) string {
 	if was == "0" {
-		state = "turned on (" + sysctlSyncookies + " was 0, restored when protection ends)"
+		return "turned on (" + sysctlSyncookies + " was 0, restored when protection ends)"
 	}
-	return Result{Path: PathKernelCookies, Reason: why + "; XDP cookies off, budget only; kernel syn cookies " + state}, nil
+	return "already on (" + sysctlSyncookies + "=" + was + ")"
 }
 
 // Disable stops validating svc's clients; the last Disable removes the
@@ -317,8 +336,12 @@ func (m *Manager) scriptLocked() string {
 			if mt.v6 {
 				mss = m.opts.MSS6
 			}
-			fmt.Fprintf(&b, "\t\tiifname != \"lo\" %s ct state invalid,untracked counter synproxy mss %d wscale %d timestamp sack-perm\n",
-				mt.match, mss, m.opts.WScale)
+			ts := ""
+			if m.opts.Timestamps {
+				ts = " timestamp"
+			}
+			fmt.Fprintf(&b, "\t\tiifname != \"lo\" %s ct state invalid,untracked counter synproxy mss %d wscale %d%s sack-perm\n",
+				mt.match, mss, m.opts.WScale, ts)
 		}
 	}
 	b.WriteString("\t}\n}\n")

@@ -28,8 +28,8 @@ func TestScript(t *testing.T) {
 	s := m.Script()
 	for _, want := range []string{
 		`iifname != "lo" ip daddr 10.0.0.1 tcp dport 80 tcp flags & (fin|syn|rst|ack) == syn notrack`,
-		`iifname != "lo" ip daddr 10.0.0.1 tcp dport 80 ct state invalid,untracked counter synproxy mss 1460 wscale 7 timestamp sack-perm`,
-		`iifname != "lo" ip6 daddr 2001:db8::1 tcp dport 443 ct state invalid,untracked counter synproxy mss 1440 wscale 7 timestamp sack-perm`,
+		`iifname != "lo" ip daddr 10.0.0.1 tcp dport 80 ct state invalid,untracked counter synproxy mss 1460 wscale 7 sack-perm`,
+		`iifname != "lo" ip6 daddr 2001:db8::1 tcp dport 443 ct state invalid,untracked counter synproxy mss 1440 wscale 7 sack-perm`,
 		`iifname != "lo" meta nfproto ipv4 tcp dport 22 tcp flags & (fin|syn|rst|ack) == syn notrack`,
 		`iifname != "lo" meta nfproto ipv6 tcp dport 22 ct state invalid,untracked counter synproxy mss 1440`,
 	} {
@@ -39,6 +39,10 @@ func TestScript(t *testing.T) {
 	}
 	if strings.Contains(s, "dport 25") {
 		t.Errorf("kernel-cookies service in the nft script:\n%s", s)
+	}
+	m.opts.Timestamps, m.opts.WScale, m.opts.MSS4 = true, 9, 1400
+	if s := m.Script(); !strings.Contains(s, `ip daddr 10.0.0.1 tcp dport 80 ct state invalid,untracked counter synproxy mss 1400 wscale 9 timestamp sack-perm`) {
+		t.Errorf("timestamps on:\n%s", s)
 	}
 	if _, err := New(Options{Mode: "bogus"}); err == nil || !strings.Contains(err.Error(), "auto or kernel-cookies") {
 		t.Errorf("bad mode: %v", err)
@@ -139,8 +143,17 @@ func TestSynproxyLive(t *testing.T) {
 	if got := sysctl(t, srv, sysctlLoose); got != "0" {
 		t.Errorf("%s = %s while enabled, want 0", sysctlLoose, got)
 	}
-	for _, to := range []string{svc.String(), net.JoinHostPort(srv.Addr6.String(), "8080")} {
+	if got := sysctl(t, srv, sysctlSyncookies); got != "1" {
+		t.Errorf("%s = %s while enabled, want 1", sysctlSyncookies, got)
+	}
+	for _, to := range []string{svc.String(), svc.String(), svc.String(), net.JoinHostPort(srv.Addr6.String(), "8080")} {
+		start := time.Now()
 		got, err := fetch(cli, to)
+		// A SYNPROXY ACK the listener rejects costs a one-second SYN-ACK
+		// retransmission (the timestamp problem, see Options.Timestamps).
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Errorf("connect %s through synproxy took %v", to, d)
+		}
 		if err != nil {
 			t.Fatalf("connect %s through synproxy: %v", to, err)
 		}
@@ -154,8 +167,8 @@ func TestSynproxyLive(t *testing.T) {
 	}
 	// IPv4: the client's SYN and its ACK went through SYNPROXY. IPv6 is not
 	// covered by an IPv4 service, so it went straight to the listener.
-	if n < 2 {
-		t.Errorf("synproxy rule counted %d packets, want >= 2 (SYN and ACK of the IPv4 connection)", n)
+	if n < 6 {
+		t.Errorf("synproxy rule counted %d packets, want >= 6 (SYN and ACK of each IPv4 connection)", n)
 	}
 	if again, err := m.Enable(ctx, svc); err != nil || again.Path != PathSynproxy {
 		t.Errorf("enable again: %v %v", again, err)
@@ -169,6 +182,9 @@ func TestSynproxyLive(t *testing.T) {
 	}
 	if got := sysctl(t, srv, sysctlLoose); got != loose {
 		t.Errorf("%s = %s after Disable, want restored %s", sysctlLoose, got, loose)
+	}
+	if got := sysctl(t, srv, sysctlSyncookies); got != "0" {
+		t.Errorf("%s = %s after Disable, want restored 0", sysctlSyncookies, got)
 	}
 	if _, err := fetch(cli, svc.String()); err != nil {
 		t.Errorf("connect after Disable: %v", err)
@@ -236,5 +252,74 @@ func TestFallbackLive(t *testing.T) {
 				t.Errorf("tcp_syncookies = %s after the last Disable, want restored 0", got)
 			}
 		})
+	}
+}
+
+// TestPrepareKeepsConnections: with Prepare run first, a connection that
+// was open before Enable keeps working after it (its packets are tracked,
+// not invalid, so SYNPROXY leaves them alone).
+func TestPrepareKeepsConnections(t *testing.T) {
+	testbed.RequireRoot(t)
+	b, err := testbed.New(t, testbed.Config{Prefix: "sgpw", Subnet: 51, Hosts: []string{"cli"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, cli := b.Server, b.Host("cli")
+	l, err := srv.Listen("tcp", ":9090")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() { // echo
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	ctx := context.Background()
+	m, err := New(Options{Run: nsRunner(srv)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close(ctx); _ = m.Unprepare(ctx) })
+	if err := m.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := cli.DialContext(ctx, "tcp", net.JoinHostPort(srv.Addr4.String(), "9090"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echo := func(msg string) error {
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.WriteString(c, msg); err != nil {
+			return err
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return err
+		}
+		if string(buf) != msg {
+			return errors.New("echo " + string(buf))
+		}
+		return nil
+	}
+	if err := echo("before\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Enable(ctx, netip.AddrPortFrom(srv.Addr4, 9090)); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo("after enable\n"); err != nil {
+		t.Errorf("connection opened before Enable broke: %v", err)
+	}
+	if err := m.Unprepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := srv.Run(ctx, "nft", "list", "table", "inet", DefaultTable+"_ct"); err == nil {
+		t.Errorf("prepare table left after Unprepare:\n%s", out)
 	}
 }
