@@ -43,6 +43,15 @@ fuzz: ## Fuzz the XDP program against the Go reference classifier for FUZZTIME.
 bench: ## Run the benchmarks (BPF_PROG_RUN and detector).
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./bpf ./detector
 
+.PHONY: demo
+demo: ## Show synguard stopping a SYN flood on a throw-away netns test bed (root, ~15 s).
+	$(GO) build -o build/synguard-demo ./internal/demo
+	./build/synguard-demo
+
+.PHONY: bench-resources
+bench-resources: ## Daemon CPU during a 100k SYN/s random-source flood, RSS with 1M sources (root, ~5 min).
+	GO=$(GO) bench/resources.sh
+
 .PHONY: lint
 lint: ## gofmt, go vet and clang-format checks.
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed" >&2; exit 1; }

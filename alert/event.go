@@ -169,7 +169,7 @@ func kernelView(k detector.KernelImpact) string {
 	return s
 }
 
-func actionView(e Event) string {
+func banAction(e Event) string {
 	in := e.Incident
 	if e.Mode == ModeObserve {
 		return "observe mode only: nothing blocked"

@@ -98,3 +98,57 @@ func truncate(s string, n int) string {
 }
 
 func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
+
+// actionView is what synguard did: bans (banAction), then service
+// protection when the daemon reports it.
+func actionView(e Event) string {
+	return banAction(e) + protectionText(e.Incident.Protection)
+}
+
+// protectionText describes a service incident's protection with its
+// figures, e.g. "; service protection ON since 12:00:05 UTC (XDP SYN
+// cookies + nftables SYNPROXY, budget 200 SYN/s): 12,345 cookies sent,
+// 120 validated, ...".
+func protectionText(p *detector.Protection) string {
+	if p == nil {
+		return ""
+	}
+	how := "XDP budget, kernel SYN cookies"
+	if p.Cookies {
+		how = "XDP SYN cookies + nftables SYNPROXY"
+	}
+	budget := "no budget limit"
+	if p.Budget > 0 {
+		budget = "budget " + group(uint64(p.Budget)) + " SYN/s"
+	}
+	figures := fmt.Sprintf("%s cookies sent, %s validated, %s verified SYNs passed, %s admitted, %s dropped, %s verified sources",
+		group(p.CookiesSent), group(p.CookiesValidated), group(p.Verified), group(p.Admitted), group(p.Dropped), group(uint64(p.VerifiedSources)))
+	at := func(t *time.Time) string { return t.UTC().Format("15:04:05 UTC") }
+	switch p.State {
+	case detector.ProtectionOn:
+		since := ""
+		if p.Since != nil {
+			since = " since " + at(p.Since)
+		}
+		return fmt.Sprintf("; service protection ON%s (%s, %s): %s", since, how, budget, figures)
+	case detector.ProtectionOff:
+		if p.Since == nil {
+			if p.Reason != "" {
+				return "; service protection off: " + p.Reason
+			}
+			return "; service protection off"
+		}
+		span := at(p.Since)
+		if p.Until != nil {
+			span += " to " + at(p.Until)
+		}
+		return fmt.Sprintf("; service protection OFF again (was on %s, %s, %s): %s", span, how, budget, figures)
+	case detector.ProtectionWouldProtect:
+		return "; service protection would be ON in enforce mode"
+	case detector.ProtectionFailed:
+		return "; service protection FAILED: " + p.Reason
+	case detector.ProtectionHeldOff:
+		return "; service protection held off by an operator (" + p.Reason + ")"
+	}
+	return "; service protection " + p.State
+}

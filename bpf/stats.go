@@ -11,34 +11,18 @@ import (
 // batchSize is how many entries one BPF_MAP_LOOKUP_BATCH call returns.
 const batchSize = 4096
 
-// Sources returns every per-source entry. It walks the LRU in batches while
-// the kernel keeps inserting and evicting: an entry evicted during the walk
-// may be missing and one inserted during it may or may not appear, but no
-// address is returned twice.
+// Sources returns every per-source entry: WalkSources collected into one
+// slice, for callers that need them all at once (the daemon's full scan
+// streams instead). The slice grows once per batch by the batch size, and
+// no address is returned twice (see WalkSources).
 func (d *Datapath) Sources() ([]Source, error) {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	if d.closed {
-		return nil, errors.New("list sources: datapath is closed")
-	}
-	var (
-		keys  = make([][16]byte, batchSize)
-		vals  = make([]synguardSourceStats, batchSize)
-		seen  = map[[16]byte]bool{}
-		out   []Source
-		clock = readKernelClock()
-	)
-	err := walkBatches(d.objs.Sources, keys, vals, func(n int) {
-		for i := 0; i < n; i++ {
-			if seen[keys[i]] {
-				continue
-			}
-			seen[keys[i]] = true
-			out = append(out, sourceOf(keys[i], vals[i], clock))
-		}
+	var out []Source
+	err := d.WalkSources(func(batch []Source) error {
+		out = append(out, batch...)
+		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list sources: %w", err)
+		return nil, err
 	}
 	return out, nil
 }
@@ -111,10 +95,18 @@ func (d *Datapath) Services() ([]Service, error) {
 // walkBatches runs BatchLookup over m until the end, calling fn with the
 // number of entries filled into keys/vals each time.
 func walkBatches(m *ebpf.Map, keys, vals any, fn func(n int)) error {
+	return walkBatchesUntil(m, keys, vals, func(n int) bool { fn(n); return true })
+}
+
+// walkBatchesUntil is walkBatches that stops early, without an error, when
+// fn returns false.
+func walkBatchesUntil(m *ebpf.Map, keys, vals any, fn func(n int) bool) error {
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		fn(n)
+		if !fn(n) {
+			return nil
+		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return nil
 		}

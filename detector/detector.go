@@ -87,22 +87,68 @@ func (d *Detector) alpha(dt float64) float64 { return 1 - math.Exp(-dt/d.tau) }
 // Observe feeds one snapshot and returns what changed. Snapshots must come
 // in time order; one that is not later than the previous is ignored.
 func (d *Detector) Observe(s Snapshot) Decisions {
+	out, _ := d.observe(s, nil)
+	return out
+}
+
+// SourceFeed delivers a snapshot's sources in chunks: it calls observe with
+// each chunk, in order, and returns its own error, if any. observe does not
+// keep the chunk, so the feed may reuse its buffer for the next one.
+type SourceFeed func(observe func(chunk []SourceCounters)) error
+
+// ObserveFeed is Observe for a snapshot whose sources come in chunks from
+// feed (after any in s.Sources) instead of in one slice, so that a caller
+// scanning a million kernel entries never holds them all: the decisions
+// and the state afterwards are those of Observe on s with Sources set to
+// the chunks concatenated, however they are cut.
+//
+// feed is called exactly once, even for a snapshot that is ignored (not
+// later than the previous one), so that the caller's own work on the
+// chunks is done either way. When feed fails, the sources it delivered are
+// observed and the snapshot is finished as an incomplete one
+// (Snapshot.Complete false: absence means no new data), and the error is
+// returned with the decisions.
+func (d *Detector) ObserveFeed(s Snapshot, feed SourceFeed) (Decisions, error) {
+	return d.observe(s, feed)
+}
+
+func (d *Detector) observe(s Snapshot, feed SourceFeed) (Decisions, error) {
 	var out Decisions
 	now := s.Time.UnixNano()
 	if d.started && now <= d.last {
-		return out
+		var err error
+		if feed != nil {
+			err = feed(func([]SourceCounters) {})
+		}
+		return out, err
 	}
 	if !d.started {
+		d.baselineSources(s.Sources, now)
+		var err error
+		if feed != nil {
+			err = feed(func(c []SourceCounters) { d.baselineSources(c, now) })
+		}
+		if err != nil {
+			s.Complete = false
+		}
 		d.baseline(s)
-		return out
+		return out, err
 	}
 	dtPrev := float64(now-d.last) / 1e9
 	if h := time.Duration(now - d.last); h > 0 {
 		d.renewHint = h
 	}
 	d.kern.add(now, s.Kernel, d.cfg.KernelWindow)
-	d.observeSources(s, now, dtPrev, &out)
-	d.sources.endSnapshot(len(s.Sources))
+	p := d.beginSources(s.Complete, now, dtPrev)
+	d.observeSources(&p, s.Sources, &out)
+	var err error
+	if feed != nil {
+		err = feed(func(c []SourceCounters) { d.observeSources(&p, c, &out) })
+	}
+	if err != nil {
+		s.Complete = false
+	}
+	d.sources.endSnapshot(p.n)
 	d.observeServices(s, now, dtPrev, &out)
 	d.observeBanCounters(s, now)
 	d.maintain(now, &out)
@@ -115,17 +161,22 @@ func (d *Detector) Observe(s Snapshot) Decisions {
 	}
 	d.sources.sweep(now, int64(d.cfg.SourceIdle), int64(d.cfg.ResolveAfter))
 	sortDecisions(&out)
-	return out
+	return out, err
 }
 
-// baseline takes the first snapshot's counters without judging them.
-func (d *Detector) baseline(s Snapshot) {
-	now := s.Time.UnixNano()
-	for _, sc := range s.Sources {
+// baselineSources takes the first snapshot's source counters.
+func (d *Detector) baselineSources(sources []SourceCounters, now int64) {
+	for _, sc := range sources {
 		i := d.sources.get(sc.Addr, now)
 		st := &d.sources.s[i]
 		st.syn, st.ack, st.seen = sc.SYN, sc.ACK, now
 	}
+}
+
+// baseline takes the first snapshot's counters without judging them; its
+// sources went through baselineSources.
+func (d *Detector) baseline(s Snapshot) {
+	now := s.Time.UnixNano()
 	for _, sc := range s.Services {
 		if sv := d.service(sc.Addr, now); sv != nil {
 			sv.syn, sv.ack, sv.seen = sc.SYN, sc.ACK, now
@@ -155,26 +206,45 @@ func delta(cur, prev uint64) uint64 {
 	return cur
 }
 
-func (d *Detector) observeSources(s Snapshot, now int64, dtPrev float64, out *Decisions) {
-	aPrev := d.alpha(dtPrev)
+// sourcePass is one snapshot's walk over its sources, which may come in
+// several chunks.
+type sourcePass struct {
+	now      int64
+	dtPrev   float64
+	aPrev    float64
+	complete bool
+	pre      bool  // prefetch: the last snapshot came in a new order
+	prev     int32 // index of the previous source in the snapshot, -1 first
+	n        int   // sources so far
+}
+
+func (d *Detector) beginSources(complete bool, now int64, dtPrev float64) sourcePass {
 	if !d.flood.active {
 		// No service incident: distinct and top sources count this
 		// snapshot only, so that one opening now has its figures.
 		d.flood.start()
 	}
 	d.flaggedSYN = 0
-	prev := int32(-1)
+	return sourcePass{now: now, dtPrev: dtPrev, aPrev: d.alpha(dtPrev), complete: complete,
+		pre: d.sources.prefetching(), prev: -1}
+}
+
+// observeSources observes the next chunk of a snapshot's sources.
+func (d *Detector) observeSources(p *sourcePass, sources []SourceCounters, out *Decisions) {
+	now, dtPrev, aPrev, prev := p.now, p.dtPrev, p.aPrev, p.prev
+	defer func() { p.prev = prev }()
+	p.n += len(sources)
 	// In a new order (most sources missed the chain last time), resolve
 	// sources in batches whose cache misses overlap.
 	const batch = 64
 	var known [batch]int32
-	pre := d.sources.prefetching()
-	for pos := range s.Sources {
-		sc := &s.Sources[pos]
+	pre := p.pre
+	for pos := range sources {
+		sc := &sources[pos]
 		k := int32(-1)
 		if pre {
 			if pos%batch == 0 {
-				d.sources.prefetch(s.Sources[pos:min(pos+batch, len(s.Sources))], known[:])
+				d.sources.prefetch(sources[pos:min(pos+batch, len(sources))], known[:])
 			}
 			k = known[pos%batch]
 		}
@@ -200,7 +270,7 @@ func (d *Detector) observeSources(s Snapshot, now int64, dtPrev float64, out *De
 			}
 			a := aPrev
 			if st.seen != d.last {
-				if s.Complete && d.completeSince <= st.seen {
+				if p.complete && d.completeSince <= st.seen {
 					// Known quiet since st.seen: decay, then rate the
 					// last interval.
 					decay := float32(math.Exp(-float64(d.last-st.seen) / 1e9 / d.tau))
@@ -297,7 +367,7 @@ func (d *Detector) Suspect(t time.Time, a netip.Addr, synsWithoutACK uint32) Dec
 	if rate < d.cfg.SourceSYNRate {
 		return out
 	}
-	reason := fmt.Sprintf("%s sent %s SYNs without an ACK in between, all in the %v since it was last read (%s SYN/s, 100%% half-open; early warning from the data plane); thresholds: %s SYN/s and %s half-open",
+	reason := fmt.Sprintf("%s sent %s SYNs without an ACK in between, all in the %v since it was last read (at least %s SYN/s, 100%% half-open; early warning from the data plane); thresholds: %s SYN/s and %s half-open",
 		a, num(float64(synsWithoutACK)), time.Duration(span*1e9).Round(time.Millisecond), num(rate), num(d.cfg.SourceSYNRate), pct(d.cfg.SourceHalfOpen))
 	// The SYNs themselves are counted when the next snapshot reads them.
 	d.flag(i, now, rate, 1, 0, 0, reason, &out)

@@ -127,4 +127,59 @@ type Incident struct {
 	// Bans lists what the detector decided for this incident (empty in
 	// observe mode).
 	Bans []Ban `json:"bans,omitempty"`
+
+	// Protection is what the daemon's service protection did for a
+	// service incident (set by the daemon, never by the detector): nil
+	// when the daemon has no protection to offer.
+	Protection *Protection `json:"protection,omitempty"`
+}
+
+// Protection states of a service.
+const (
+	// ProtectionOn: the service is under protection.
+	ProtectionOn = "on"
+	// ProtectionOff: protection ended (or never started).
+	ProtectionOff = "off"
+	// ProtectionWouldProtect: observe mode, where nothing is dropped;
+	// enforce mode would have protected the service.
+	ProtectionWouldProtect = "would-protect"
+	// ProtectionFailed: switching protection on failed (Reason says why).
+	ProtectionFailed = "failed"
+	// ProtectionHeldOff: an operator switched protection off by hand
+	// during this incident; automatic protection waits for the next one.
+	ProtectionHeldOff = "held-off"
+)
+
+// Protection is a service's protection during a spoofed flood, as the
+// daemon reports it in incidents, status and alerts: SYNs from verified
+// sources pass, the others get XDP SYN cookies (Path
+// "xdp-cookies+nft-synproxy") or share a per-second budget. The counts are
+// since protection started.
+type Protection struct {
+	State string `json:"state"`
+	// Origin is "detector" (automatic, ends with the incident) or
+	// "manual" (`synguard protect`, ends with `synguard unprotect`).
+	Origin string `json:"origin,omitempty"`
+	// Path is how unverified clients are validated; Reason explains it
+	// (or why protection failed).
+	Path   string `json:"path,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// Cookies: XDP answers unverified SYNs with SYN cookies.
+	Cookies bool `json:"cookies"`
+	// Budget is the unverified SYNs per second passed to the kernel (0:
+	// all of them).
+	Budget uint32     `json:"budget"`
+	Since  *time.Time `json:"since,omitempty"`
+	Until  *time.Time `json:"until,omitempty"`
+	// Verified counts SYNs from verified sources (passed); Admitted
+	// unverified SYNs passed within the budget; Dropped those over it.
+	Verified uint64 `json:"verified"`
+	Admitted uint64 `json:"admitted"`
+	Dropped  uint64 `json:"dropped"`
+	// CookiesSent and CookiesValidated count cookie SYN-ACKs sent from
+	// XDP and ACKs that returned a valid one (real clients).
+	CookiesSent      uint64 `json:"cookies_sent"`
+	CookiesValidated uint64 `json:"cookies_validated"`
+	// VerifiedSources is how many sources were verified when last read.
+	VerifiedSources int `json:"verified_sources"`
 }

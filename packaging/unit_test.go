@@ -147,14 +147,14 @@ func TestUnitSecurityScore(t *testing.T) {
 	if score > maxExposure {
 		t.Fatalf("exposure %.1f > %.1f: the unit lost hardening", score, maxExposure)
 	}
-	// The README section quotes the score; keep it honest.
-	readme, err := os.ReadFile(filepath.Join(repoRoot(t), "packaging", "README-section.md"))
+	// The README quotes the score; keep it honest.
+	readme, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := "exposure level " + strconv.FormatFloat(score, 'f', 1, 64)
 	if !strings.Contains(string(readme), want) {
-		t.Errorf("packaging/README-section.md does not quote the measured %q", want)
+		t.Errorf("README.md does not quote the measured %q", want)
 	}
 }
 

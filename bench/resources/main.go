@@ -79,6 +79,8 @@ type sample struct {
 	scanned          int           // largest full-scan snapshot in the daemon's log (slow polls only)
 	rss, hwm         float64       // MiB, after the full scan
 	rssTop, hwmTop   float64       // MiB, after `synguard top --once`
+	heapInuse        float64       // MiB, Go heap in use after the scan (go_memstats_heap_inuse_bytes)
+	heapHeld         float64       // MiB, idle heap not yet returned to the OS
 	topTook          time.Duration
 	topErr           string
 	memLog           string
@@ -173,6 +175,7 @@ func run(ctx context.Context, s *testbed.Standalone, o options) error {
 			sm.entries, scan, sm.tracked, sm.sampled, sm.rss, sm.hwm, sm.rssTop, sm.hwmTop, sm.topTook.Round(time.Millisecond))
 		fmt.Printf("     flood %s .. %s UTC, %d slow polls; fill took %v; largest full-scan snapshot %d sources\n", sm.floodFrom.UTC().Format("15:04:05.000"),
 			sm.floodTo.UTC().Format("15:04:05.000"), sm.cpuSlowPolls, sm.fillTook.Round(time.Millisecond), sm.scanned)
+		fmt.Printf("     daemon Go heap after the scan: %.1f MiB in use, %.1f MiB idle and not yet released\n", sm.heapInuse, sm.heapHeld)
 		if sm.topErr != "" {
 			fmt.Printf("     synguard top --once FAILED: %s\n", sm.topErr)
 		}
@@ -202,6 +205,8 @@ func run(ctx context.Context, s *testbed.Standalone, o options) error {
 		med(func(s sample) float64 { return float64(s.entries) }), med(func(s sample) float64 { return float64(s.tracked) }), all[0].sampled)
 	fmt.Printf("  daemon memory after a full scan of them: VmRSS %.1f MiB, VmHWM %.1f MiB (target < 150 MiB)\n",
 		med(func(s sample) float64 { return s.rss }), med(func(s sample) float64 { return s.hwm }))
+	fmt.Printf("  of which Go heap in use %.1f MiB, idle not released %.1f MiB\n",
+		med(func(s sample) float64 { return s.heapInuse }), med(func(s sample) float64 { return s.heapHeld }))
 	fmt.Printf("  after `synguard top --once`: VmRSS %.1f MiB, VmHWM %.1f MiB (top took %v)\n",
 		med(func(s sample) float64 { return s.rssTop }), med(func(s sample) float64 { return s.hwmTop }),
 		time.Duration(med(func(s sample) float64 { return float64(s.topTook) })).Round(time.Millisecond))
@@ -371,6 +376,11 @@ func memPhase(ctx context.Context, bed *testbed.Bed, bin, dir string, o options,
 	sm.entries = len(srcs)
 	if sm.rss, sm.hwm, err = memory(d.PID); err != nil {
 		return err
+	}
+	// Where the memory is, per the daemon's own Go runtime metrics.
+	if m, err := env.Metrics(ctx); err == nil {
+		sm.heapInuse = m["go_memstats_heap_inuse_bytes"] / (1 << 20)
+		sm.heapHeld = (m["go_memstats_heap_idle_bytes"] - m["go_memstats_heap_released_bytes"]) / (1 << 20)
 	}
 	// Does the detector hold figures for the sources in the map? Ask it
 	// about a spread-out sample through `synguard explain`.

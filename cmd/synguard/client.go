@@ -182,6 +182,7 @@ func newStatusCmd() *cobra.Command {
 					p := v.p
 					st.Notes = append(st.Notes, v.downNote(&f, err))
 					st.Interfaces, st.Counters, st.Bans, st.Allows = p.Interfaces, p.Counters, len(p.Bans), len(p.Allows)
+					st.Protection = pinnedProtection(v.cfg)
 					if len(p.Interfaces) == 0 {
 						st.Notes = append(st.Notes, "nothing pinned under "+v.cfg.BPFFS+": no interface is protected")
 					} else {
@@ -240,6 +241,7 @@ func printStatus(w io.Writer, st api.Status) {
 	fmt.Fprintf(w, "dropped %d, would-drop %d, allowlisted %d\n", c.Dropped, c.WouldDrop, c.Allowlisted)
 	fmt.Fprintf(w, "bans %d, allows %d\n\n", st.Bans, st.Allows)
 	printIncidents(w, st.Incidents, "open incidents")
+	printProtection(w, st.Protection)
 	if st.Running {
 		fmt.Fprintln(w)
 		printRows(w, st.TopSuspects, "top suspects")

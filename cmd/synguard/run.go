@@ -259,8 +259,12 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 	defer alerts.close()
 	metrics.SetAlertStats(alerts.stats)
 
+	prot, err := protectionDeps(cfg)
+	if err != nil {
+		return usageError(err)
+	}
 	d, err := daemon.New(daemon.Deps{
-		Config: cfg, ConfigPath: cfgPath, Plane: plane, NewEngine: daemon.NewDetector, Alerts: alerts,
+		Config: cfg, ConfigPath: cfgPath, Plane: plane, NewEngine: daemon.NewDetector, Alerts: alerts, Protection: prot,
 		Kernel:    kernelCounters(),
 		Protected: daemon.ProtectedPeers,
 		Store:     store, Log: log, Metrics: metrics, Version: version, Host: host,

@@ -303,6 +303,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/disallow", s.change(s.prefixOp("disallow", config.ParsePrefix, func(r *http.Request, p netip.Prefix) (any, error) {
 		return map[string]string{"disallowed": p.String()}, s.Backend.Disallow(r.Context(), p)
 	})))
+	s.protectionRoutes(mux)
 	return mux
 }
 

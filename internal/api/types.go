@@ -142,7 +142,10 @@ type Status struct {
 	LastPoll    time.Time           `json:"last_poll,omitzero"`
 	Incidents   []detector.Incident `json:"incidents"`
 	TopSuspects []SourceRow         `json:"top_suspects"`
-	Notes       []string            `json:"notes,omitempty"`
+	// Protection is service protection: settings, protected services and
+	// their figures; nil when the daemon does not report it.
+	Protection *ProtectionStatus `json:"protection,omitempty"`
+	Notes      []string          `json:"notes,omitempty"`
 }
 
 // Explanation says why a source is or is not banned, with its figures.

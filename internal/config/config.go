@@ -64,6 +64,8 @@ type Config struct {
 	Log      Log      `yaml:"log"`
 	Datapath Datapath `yaml:"datapath"`
 	Protect  Protect  `yaml:"protect"`
+	// Protection is service protection against spoofed floods.
+	Protection Protection `yaml:"protection"`
 
 	// Detector holds the detector's thresholds; its suspect_syns also sets
 	// the data plane's early-warning threshold.
@@ -129,8 +131,9 @@ func Default() *Config {
 			MaxBans:         65536,
 			SuspectInterval: time.Second,
 		},
-		Protect:  Protect{DefaultGateways: true, SSHPorts: []int{22}},
-		Detector: detector.DefaultConfig(),
+		Protect:    Protect{DefaultGateways: true, SSHPorts: []int{22}},
+		Protection: DefaultProtection(),
+		Detector:   detector.DefaultConfig(),
 	}
 }
 
@@ -301,6 +304,9 @@ func (c *Config) Validate() error {
 		if _, err := ParsePrefix(s); err != nil {
 			return &Error{Key: fmt.Sprintf("protect.prefixes[%d]", i), Value: s, Allowed: allowedPrefix + " (" + err.Error() + ")"}
 		}
+	}
+	if err := c.Protection.validate(); err != nil {
+		return err
 	}
 	return c.validateParts()
 }

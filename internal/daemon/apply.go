@@ -80,6 +80,7 @@ func (d *Daemon) applyLocked(now time.Time, dec detector.Decisions) {
 // trackIncidentLocked records an incident stage change and alerts it once:
 // a restart that restores the detector never repeats opened or resolved.
 func (d *Daemon) trackIncidentLocked(in detector.Incident) {
+	in = d.protectIncidentLocked(d.clock(), in)
 	d.dirty = true
 	prev, seen := d.st.Alerted[in.ID]
 	if in.Stage == detector.StageResolved {

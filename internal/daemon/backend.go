@@ -33,6 +33,7 @@ func (d *Daemon) Status(ctx context.Context) (api.Status, error) {
 		Incidents:  d.openIncidentsLocked(),
 	}
 	s.TopSuspects = d.watchRowsLocked(10)
+	s.Protection = d.protectionStatusLocked()
 	if !d.lastPoll.IsZero() && d.clock().Sub(d.lastPoll) > 5*d.cfg.PollInterval {
 		s.Notes = append(s.Notes, fmt.Sprintf("last poll %s ago: the poll loop is stalled or a full scan is slow (see the \"slow poll\" log lines)",
 			d.clock().Sub(d.lastPoll).Round(time.Second)))

@@ -69,6 +69,7 @@ func LoadOptions(cfg *config.Config, iface string) bpf.Options {
 		MaxBans:         cfg.Datapath.MaxBans,
 		SuspectSYNs:     cfg.Detector.SuspectSYNs,
 		SuspectInterval: cfg.Datapath.SuspectInterval,
+		VerifiedTTL:     cfg.Protection.VerifiedTTL,
 	}
 }
 

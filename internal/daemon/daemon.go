@@ -107,6 +107,9 @@ type Deps struct {
 	Metrics   *Metrics
 	Version   string
 	Host      string
+
+	// Protection enables service protection (protection.go); nil: none.
+	Protection *ProtectionDeps
 }
 
 // watchIdle is how long a watched source may stay unchanged before it is
@@ -156,6 +159,8 @@ type Daemon struct {
 	scanCost  time.Duration // the last full scan: kernel read + detector
 	// stretchWarned: the "expensive scans" warning was logged.
 	stretchWarned bool
+
+	prot protState // service protection (protection.go)
 
 	pollMu sync.Mutex // one Poll at a time; reads run without mu
 	topMu  sync.Mutex // one on-demand scan at a time
@@ -238,6 +243,7 @@ func (d *Daemon) Start() error {
 	for _, in := range eng.Open() {
 		d.open[in.ID] = in
 	}
+	d.startProtectionLocked(now)
 	// A first snapshot without sources gives the detector its time base at
 	// once, so early warnings count from the first second; the sources
 	// follow in the first poll's full scan (rated by their FirstSeen).
@@ -494,6 +500,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 		default:
 		}
 	}
+	d.reloadProtectionLocked(now, old)
 	d.dirty = true
 	d.saveLocked(now, true)
 	d.log.Info("configuration reloaded", "mode", cfg.Mode)
@@ -510,6 +517,7 @@ func configEqual(a, b detector.Config) bool {
 func (d *Daemon) Shutdown() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.stopProtectionLocked(d.clock())
 	d.dirty = true
 	d.saveLocked(d.clock(), true)
 }

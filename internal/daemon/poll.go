@@ -127,6 +127,7 @@ func (d *Daemon) Poll(now time.Time) {
 	d.mu.Unlock()
 
 	r, what, err := d.read(full, watched)
+	pr := d.readProtections(now)
 	if err != nil {
 		d.log.Error("poll failed", "read", what, "err", err)
 		if m != nil {
@@ -189,6 +190,7 @@ func (d *Daemon) Poll(now time.Time) {
 		d.scanCost = r.scan + detect
 	}
 	d.applyLocked(now, dec)
+	d.pollProtectionLocked(now, pr)
 	d.lastPoll = now
 	d.saveLocked(now, false)
 	took := time.Since(start)

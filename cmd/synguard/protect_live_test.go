@@ -1,0 +1,356 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/synguard/synguard/bpf"
+	"github.com/synguard/synguard/detector"
+	"github.com/synguard/synguard/internal/api"
+	"github.com/synguard/synguard/internal/testbed"
+)
+
+// The protection live test: prefix "sgw", 10.200.80.0/24, pins under
+// /sys/fs/bpf/synguard-test-pw-*.
+const (
+	pwPrefix  = "sgw"
+	pwSubnet  = 80
+	pwPort    = 8080
+	pwPinGlob = "/sys/fs/bpf/synguard-test-pw-*"
+)
+
+func cleanPWPins() {
+	dirs, _ := filepath.Glob(pwPinGlob)
+	for _, d := range dirs {
+		subs, _ := filepath.Glob(filepath.Join(d, "*"))
+		for _, s := range subs {
+			bpf.Remove(s)
+		}
+		os.Remove(d)
+	}
+}
+
+// TestAutomaticProtectionDuringSpoofedFlood runs the real `synguard run`
+// in enforce mode on an overloaded server (SYN cookies off, backlog 64),
+// floods its service from random spoofed sources (hping3, bounded by
+// timeout) and checks that the service incident switches protection on by
+// itself, that `synguard status --json` reports it with cookies sent and
+// validated, that a new legitimate client gets in, and that protection
+// ends with the flood.
+func TestAutomaticProtectionDuringSpoofedFlood(t *testing.T) {
+	testbed.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("floods for 14 s; skipped with -short")
+	}
+	cleanPWPins()
+	t.Cleanup(cleanPWPins)
+	bed, err := testbed.New(t, testbed.Config{Prefix: pwPrefix, Subnet: pwSubnet, Hosts: []string{"old", "new", "atk"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := bed.Server
+	if err := srv.Sysctl("net.ipv4.tcp_syncookies=0", "net.core.somaxconn=64", "net.ipv4.tcp_max_syn_backlog=64", "net.ipv4.tcp_no_metrics_save=1"); err != nil {
+		t.Fatal(err)
+	}
+	svc := netip.AddrPortFrom(srv.Addr4, pwPort)
+	l, err := srv.Listen("tcp4", fmt.Sprintf(":%d", pwPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, "ok\n")
+			c.Close()
+		}
+	}()
+	peerXDPPass(t, bed)
+
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "s.sock")
+	cfg := filepath.Join(dir, "synguard.yaml")
+	text := fmt.Sprintf(`interfaces: [%s]
+mode: enforce
+attach: native
+poll_interval: 500ms
+full_scan_interval: 2s
+socket: %s
+state_dir: %s
+bpffs: /sys/fs/bpf/synguard-test-pw-%d
+metrics_addr: ""
+protect: {default_gateways: false, ssh_ports: []}
+detector: {resolve_after: 5s}
+`, srv.Iface, sock, filepath.Join(dir, "state"), os.Getpid())
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs []*testbed.Proc
+	startDaemon := func() *testbed.Proc {
+		p, err := srv.Start(bin, "run", "--config", cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs = append(logs, p)
+		return p
+	}
+	daemon := startDaemon()
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, p := range logs {
+				t.Logf("daemon %d log:\n%s", i+1, p.Output())
+			}
+		}
+	})
+	status := func() (api.Status, bool) {
+		r := runBin(t, "status", "--json", "--socket", sock)
+		var st api.Status
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &st) != nil {
+			return st, false
+		}
+		return st, true
+	}
+	waitFor(t, 15*time.Second, "daemon answering status", func() bool { _, ok := status(); return ok })
+
+	// Normal traffic first, so that the detector learns the service's
+	// baseline (the old client, which the program thereby verifies).
+	for i := 0; i < 30; i++ {
+		if ok, why := dialGreeting(bed.Host("old"), svc); !ok {
+			t.Fatalf("connection before the flood failed: %s", why)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	const floodFor = 18 * time.Second
+	var floodWG sync.WaitGroup
+	var sent int
+	var floodErr error
+	floodWG.Add(1)
+	floodStart := time.Now()
+	go func() {
+		defer floodWG.Done()
+		sent, floodErr = bed.Host("atk").Flood(context.Background(), testbed.Flood{To: svc, Duration: floodFor, RandSource: true})
+	}()
+
+	var on api.ServiceProtection
+	waitFor(t, 10*time.Second, "protection switched on automatically", func() bool {
+		st, ok := status()
+		if !ok || st.Protection == nil {
+			return false
+		}
+		for _, s := range st.Protection.Services {
+			if s.Service == svc && s.State == detector.ProtectionOn {
+				on = s
+				return true
+			}
+		}
+		return false
+	})
+	entry := time.Since(floodStart)
+	if on.Origin != "detector" || on.IncidentID == "" || !on.Cookies || on.Path == "" {
+		t.Errorf("protection %+v: want origin detector, an incident, XDP cookies and a path", on)
+	}
+
+	// A client that never connected before gets in through a cookie.
+	var attempts, okN atomic.Int64
+	outcomes := map[string]int{}
+	var mu sync.Mutex
+	var cwg sync.WaitGroup
+	measureUntil := time.Now().Add(6 * time.Second)
+	for time.Now().Before(measureUntil) {
+		cwg.Add(1)
+		go func() {
+			defer cwg.Done()
+			ok, why := dialGreeting(bed.Host("new"), svc)
+			attempts.Add(1)
+			if ok {
+				okN.Add(1)
+				why = "ok"
+			}
+			mu.Lock()
+			outcomes[why]++
+			mu.Unlock()
+		}()
+		time.Sleep(100 * time.Millisecond)
+	}
+	cwg.Wait()
+	st, ok := status()
+	if !ok {
+		t.Fatal("status during the flood failed")
+	}
+	var during api.ServiceProtection
+	for _, s := range st.Protection.Services {
+		if s.Service == svc {
+			during = s
+		}
+	}
+	var incident *detector.Incident
+	for i := range st.Incidents {
+		if st.Incidents[i].Kind == detector.KindService && st.Incidents[i].Addr == svc.String() {
+			incident = &st.Incidents[i]
+		}
+	}
+
+	// Killed with protection on: the pins and the SYNPROXY rules stay and
+	// keep working together; status reads the pins; a restarted daemon
+	// keeps the protection of the service still under attack.
+	_ = daemon.Cmd.Process.Signal(syscall.SIGKILL)
+	_ = daemon.Wait()
+	r := runBin(t, "status", "--json", "--socket", sock, "--config", cfg)
+	var down api.Status
+	decodeJSON(t, r.stdout, &down)
+	if r.code != 3 || down.Protection == nil || len(down.Protection.Services) != 1 || down.Protection.Services[0].Service != svc ||
+		down.Protection.Services[0].CookiesSent == 0 {
+		t.Errorf("status with the daemon killed: exit %d, protection %+v; want exit 3 and the pinned protection", r.code, down.Protection)
+	}
+	gapOK := 0
+	for range 5 {
+		if ok, _ := dialGreeting(bed.Host("new"), svc); ok {
+			gapOK++
+		}
+	}
+	daemon = startDaemon()
+	restarted := time.Now()
+	waitFor(t, 10*time.Second, "restarted daemon keeping the protection", func() bool {
+		st, ok := status()
+		return ok && st.Protection != nil && len(st.Protection.Services) == 1 && st.Protection.Services[0].State == detector.ProtectionOn &&
+			st.Protection.Services[0].Origin == "detector"
+	})
+	t.Logf("daemon killed: new client %d/5 ok meanwhile; restarted daemon reconciled the pinned protection in %.1fs",
+		gapOK, time.Since(restarted).Seconds())
+	if !strings.Contains(daemon.Output(), "protection left by a previous daemon kept") {
+		t.Error("restarted daemon did not log keeping the pinned protection")
+	}
+
+	floodWG.Wait()
+	floodEnd := time.Now()
+	if floodErr != nil {
+		t.Fatalf("flood: %v", floodErr)
+	}
+	share := float64(okN.Load()) / float64(max(attempts.Load(), 1))
+	t.Logf("flood %d SYNs (%.0f/s); protection on %.1fs after the flood started; new client %d/%d ok (%.1f%%) %v; protection figures: verified %d, admitted %d, dropped %d, cookies sent %d, validated %d; verified sources %d",
+		sent, float64(sent)/floodFor.Seconds(), entry.Seconds(), okN.Load(), attempts.Load(), 100*share, outcomes,
+		during.Verified, during.Admitted, during.Dropped, during.CookiesSent, during.CookiesValidated, st.Protection.VerifiedSources)
+	if share < 0.95 || attempts.Load() < 20 {
+		t.Errorf("new client: %d/%d connections got the greeting (%.1f%%), want >= 95%% of at least 20", okN.Load(), attempts.Load(), 100*share)
+	}
+	if during.CookiesSent == 0 || during.CookiesValidated == 0 {
+		t.Errorf("status --json: cookies sent %d, validated %d, want both > 0", during.CookiesSent, during.CookiesValidated)
+	}
+	if incident == nil || incident.Protection == nil || incident.Protection.State != detector.ProtectionOn || incident.Protection.CookiesSent == 0 {
+		t.Errorf("open service incident %+v: want it to carry protection on with figures", incident)
+	}
+
+	waitFor(t, 30*time.Second, "protection switched off after the flood", func() bool {
+		st, ok := status()
+		return ok && st.Protection != nil && len(st.Protection.Services) == 0
+	})
+	t.Logf("protection off %.1fs after the flood ended", time.Since(floodEnd).Seconds())
+	r = runBin(t, "list", "incidents", "--json", "--socket", sock)
+	var ins []detector.Incident
+	decodeJSON(t, r.stdout, &ins)
+	resolved := false
+	for _, in := range ins {
+		if in.Kind == detector.KindService && in.Stage == detector.StageResolved && in.Protection != nil &&
+			in.Protection.State == detector.ProtectionOff && in.Protection.CookiesSent > 0 {
+			resolved = true
+		}
+	}
+	if !resolved {
+		t.Errorf("no resolved service incident with protection off and its figures: %+v", ins)
+	}
+	// The graceful stop leaves no SYNPROXY or conntrack table. (The
+	// killed daemon's sysctl changes are not undone: the restarted one
+	// found net.ipv4.tcp_syncookies already on.)
+	_ = daemon.Cmd.Process.Signal(syscall.SIGTERM)
+	if err := daemon.Wait(); err != nil {
+		t.Errorf("daemon exit: %v", err)
+	}
+	out, _ := srv.Run(context.Background(), "nft", "list", "tables")
+	if strings.Contains(string(out), "synguard_synproxy") {
+		t.Errorf("nftables tables left after stop: %s", out)
+	}
+}
+
+// dialGreeting connects from ns with a 1 s budget and reports whether the
+// listener's greeting arrived (a completed handshake alone proves nothing:
+// with cookies the client completes it against XDP).
+func dialGreeting(ns *testbed.NS, to netip.AddrPort) (bool, string) {
+	deadline := time.Now().Add(time.Second)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	c, err := ns.DialContext(ctx, "tcp4", to.String())
+	if err != nil {
+		return false, "dial: " + errKind(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(deadline)
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ok\n" {
+		return false, "read: " + errKind(err)
+	}
+	return true, ""
+}
+
+func errKind(err error) string {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return "bad greeting"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case strings.Contains(err.Error(), "refused"):
+		return "refused"
+	case strings.Contains(err.Error(), "reset"):
+		return "reset"
+	}
+	return err.Error()
+}
+
+// peerXDPPass attaches XDP_PASS to the server veth's peer (the bridge port
+// in the lan namespace): native XDP_TX on a veth (the cookie SYN-ACKs)
+// reaches the peer only while it has an XDP program; a real NIC needs
+// nothing like it.
+func peerXDPPass(t *testing.T, bed *testbed.Bed) {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	peer := bed.Config.Prefix + "b-srv"
+	var l link.Link
+	err = bed.LAN.Do(func() error {
+		ifc, err := net.InterfaceByName(peer)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: link.XDPDriverMode})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("xdp_pass on %s: %v", peer, err)
+	}
+	t.Cleanup(func() { l.Close() })
+}
