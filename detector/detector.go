@@ -108,6 +108,12 @@ type SourceFeed func(observe func(chunk []SourceCounters)) error
 // observed and the snapshot is finished as an incomplete one
 // (Snapshot.Complete false: absence means no new data), and the error is
 // returned with the decisions.
+//
+// While feed is not inside observe (between chunks: the daemon reads the
+// next kernel batch then), the detector may be used for Suspect,
+// SetProtected, Explain, State and Open; they see the snapshot partly
+// applied, as if the event came while the kernel table was being read.
+// Observe, ObserveFeed and Restore must wait until ObserveFeed returns.
 func (d *Detector) ObserveFeed(s Snapshot, feed SourceFeed) (Decisions, error) {
 	return d.observe(s, feed)
 }

@@ -215,8 +215,18 @@ func TestUnitDirectives(t *testing.T) {
 	if def.StateDir != "/var/lib/"+u.one(t, "Service", "StateDirectory") {
 		t.Errorf("default state_dir %s is not StateDirectory=", def.StateDir)
 	}
-	if rw := u.one(t, "Service", "ReadWritePaths"); rw != def.BPFFS {
-		t.Errorf("ReadWritePaths=%s but the daemon pins under %s", rw, def.BPFFS)
+	// Writable: the bpffs directory the daemon pins under, and exactly the
+	// two sysctls spoofed-flood protection sets (internal/synproxy); all
+	// else stays read-only.
+	var rw []string
+	for _, v := range u["Service"]["ReadWritePaths"] {
+		rw = append(rw, strings.Fields(v)...)
+	}
+	slices.Sort(rw)
+	wantRW := []string{"-/proc/sys/net/netfilter/nf_conntrack_tcp_loose", "/proc/sys/net/ipv4/tcp_syncookies", def.BPFFS}
+	slices.Sort(wantRW)
+	if !slices.Equal(rw, wantRW) {
+		t.Errorf("ReadWritePaths= %q, want %q (the daemon pins under %s)", rw, wantRW, def.BPFFS)
 	}
 	if !strings.Contains(pre, "mkdir -p -m 0700 "+def.BPFFS) {
 		t.Errorf("no ExecStartPre= creates %s before ReadWritePaths= binds it", def.BPFFS)

@@ -86,22 +86,26 @@ type sourcesOnly struct{ Plane }
 // correspondingly low (before, when the snapshot was timed at the end of
 // the reads, it was the other way round).
 //
-// It returns the detector's decisions, how many sources it passed on and
-// how long the scan took (kernel and detector); err is a failed walk, after
-// which the snapshot counts as incomplete and the next poll scans again.
-// Called and returns with d.mu held.
-func (d *Daemon) fullScanLocked(now time.Time, snap detector.Snapshot) (dec detector.Decisions, listed int, took time.Duration, err error) {
+// It returns the detector's decisions, how many sources it passed on, the
+// time spent reading the kernel (with the filtering) and in the detector;
+// err is a failed walk, after which the snapshot counts as incomplete and
+// the next poll scans again. Called and returns with d.mu held.
+func (d *Daemon) fullScanLocked(now time.Time, snap detector.Snapshot) (dec detector.Decisions, listed int, read, detect time.Duration, err error) {
 	t0 := time.Now()
 	eng := d.engine
 	lastFull := d.lastFull
-	since := lastFull.Add(-2 * d.cfg.PollInterval)
+	var feedTook, observeTook time.Duration
 	var cands []api.Source // watched sources and new watch candidates
 	newCands := 0
 	chunk := make([]detector.SourceCounters, 0, scanBatch)
 	// feed runs with d.mu held and releases it around each kernel read.
 	feed := func(observe func([]detector.SourceCounters)) error {
+		f0 := time.Now()
 		d.mu.Unlock()
-		defer d.mu.Lock()
+		defer func() {
+			d.mu.Lock()
+			feedTook = time.Since(f0)
+		}()
 		return walkSources(d.deps.Plane, func(batch []api.Source) error {
 			d.mu.Lock()
 			defer d.mu.Unlock()
@@ -109,8 +113,8 @@ func (d *Daemon) fullScanLocked(now time.Time, snap detector.Snapshot) (dec dete
 			chunk = chunk[:0]
 			for _, s := range batch {
 				_, watched := d.watch[s.Addr]
-				if !watched && (s.SYN < minScanSYN || (!lastFull.IsZero() && !s.LastSeen.After(since))) {
-					continue // did not move, or cannot be a flooder: see changedSinceLocked
+				if !d.changedSince(s, watched, lastFull) {
+					continue
 				}
 				chunk = append(chunk, detector.SourceCounters{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK, RST: s.RST, FirstSeen: s.FirstSeen})
 				if watched {
@@ -122,7 +126,9 @@ func (d *Daemon) fullScanLocked(now time.Time, snap detector.Snapshot) (dec dete
 			}
 			listed += len(chunk)
 			if d.engine == eng {
+				o0 := time.Now()
 				observe(chunk)
+				observeTook += time.Since(o0)
 			}
 			return nil
 		})
@@ -136,16 +142,17 @@ func (d *Daemon) fullScanLocked(now time.Time, snap detector.Snapshot) (dec dete
 			dec = eng.Observe(snap)
 		}
 	}
-	took = time.Since(t0)
+	read = feedTook - observeTook
+	detect = time.Since(t0) - read
 	if d.engine != eng {
 		d.fullNext = true
-		return detector.Decisions{}, listed, took, fmt.Errorf("detector replaced by a reload during the scan")
+		return detector.Decisions{}, listed, read, detect, fmt.Errorf("detector replaced by a reload during the scan")
 	}
 	d.updateWatchLocked(now, cands, true)
 	if err == nil {
 		d.lastFull, d.fullNext = now, false
 	}
-	return dec, listed, took, err
+	return dec, listed, read, detect, err
 }
 
 // watchWorthy says whether a full scan starts watching s (reading it every

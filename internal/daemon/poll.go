@@ -60,7 +60,6 @@ type reading struct {
 	bans     []api.Ban
 	kernel   detector.KernelCounters
 	haveKern bool
-	scan     time.Duration // time spent in the full scan, if any
 }
 
 func (d *Daemon) read(full bool, watched []netip.Addr) (reading, string, error) {
@@ -73,13 +72,9 @@ func (d *Daemon) read(full bool, watched []netip.Addr) (reading, string, error) 
 	if r.services, err = p.Services(); err != nil {
 		return r, "services", err
 	}
-	if full {
-		t0 := time.Now()
-		if r.sources, err = p.Sources(); err != nil {
-			return r, "sources", err
-		}
-		r.scan = time.Since(t0)
-	} else {
+	// A full scan's sources are streamed into the detector afterwards
+	// (fullScanLocked); here only the watched ones are read.
+	if !full {
 		r.sources = make([]api.Source, 0, len(watched))
 		for _, a := range watched {
 			s, ok, err := p.Source(a)
@@ -143,19 +138,15 @@ func (d *Daemon) Poll(now time.Time) {
 	}
 	d.counters = r.counters
 	sources := r.sources
-	if full {
-		sources = d.changedSinceLocked(sources)
-		d.lastFull, d.fullNext = now, false
-		if m != nil {
-			m.fullScans.Inc()
-		}
+	if !full {
+		d.updateWatchLocked(now, sources, false)
 	}
-	d.updateWatchLocked(now, sources, full)
 	d.refreshProtectedLocked(now, false)
 
 	// A full scan lists every source that moved since the previous
-	// snapshot (changedSinceLocked keeps those), so it is Complete; the
-	// sources below minScanSYN it leaves out cannot be flagged anyway.
+	// snapshot (fullScanLocked keeps those, see changedSince), so it
+	// is Complete; the sources below minScanSYN it leaves out cannot be
+	// flagged anyway.
 	snap := detector.Snapshot{Time: now, Complete: full, Kernel: r.kernel}
 	snap.Sources = make([]detector.SourceCounters, len(sources))
 	for i, s := range sources {
@@ -183,12 +174,27 @@ func (d *Daemon) Poll(now time.Time) {
 
 	t0 := time.Now()
 	read := t0.Sub(start)
-	dec := d.engine.Observe(snap)
-	detect := time.Since(t0)
-	d.observeDetection(detect)
+	var dec detector.Decisions
+	var scan, detect time.Duration
+	listed := len(snap.Sources)
 	if full {
-		d.scanCost = r.scan + detect
+		var err error
+		dec, listed, scan, detect, err = d.fullScanLocked(now, snap)
+		read += scan
+		if err != nil {
+			d.log.Error("full scan failed", "read", "sources", "err", err)
+			if m != nil {
+				m.pollErrors.Inc()
+			}
+		} else if m != nil {
+			m.fullScans.Inc()
+		}
+		d.scanCost = scan + detect
+	} else {
+		dec = d.engine.Observe(snap)
+		detect = time.Since(t0)
 	}
+	d.observeDetection(detect)
 	d.applyLocked(now, dec)
 	d.pollProtectionLocked(now, pr)
 	d.lastPoll = now
@@ -199,7 +205,7 @@ func (d *Daemon) Poll(now time.Time) {
 		m.setState(r.counters, d.st.Bans, len(d.st.Allows), d.open, len(d.watch), now)
 	}
 	if took > d.cfg.PollInterval/2 {
-		d.log.Warn("slow poll", "took", took, "read", read, "detect", detect, "sources", len(snap.Sources), "full_scan", full, "scan", r.scan)
+		d.log.Warn("slow poll", "took", took, "read", read, "detect", detect, "sources", listed, "full_scan", full, "scan", scan)
 	}
 }
 
@@ -240,20 +246,14 @@ const maxFullScanEvery = 5 * time.Minute
 // entries) from costing the detector seconds per scan.
 const minScanSYN = 5
 
-// changedSinceLocked keeps the sources counted since the previous full scan
-// (with a poll's margin) and the watched ones: an entry that did not move
-// carries no new data, and the detector's contract lets it be left out.
-// Sources below minScanSYN are left out too.
-func (d *Daemon) changedSinceLocked(all []api.Source) []api.Source {
-	since := d.lastFull.Add(-2 * d.cfg.PollInterval)
-	out := all[:0]
-	for _, s := range all {
-		_, watched := d.watch[s.Addr]
-		if watched || (s.SYN >= minScanSYN && (d.lastFull.IsZero() || s.LastSeen.After(since))) {
-			out = append(out, s)
-		}
-	}
-	return out
+// changedSince says whether a full scan passes s to the detector: the
+// sources counted since the previous full scan (lastFull, with a poll's
+// margin) and the watched ones. An entry that did not move carries no new
+// data, and the detector's contract lets it be left out. Sources below
+// minScanSYN are left out too.
+func (d *Daemon) changedSince(s api.Source, watched bool, lastFull time.Time) bool {
+	since := lastFull.Add(-2 * d.cfg.PollInterval)
+	return watched || (s.SYN >= minScanSYN && (lastFull.IsZero() || s.LastSeen.After(since)))
 }
 
 func (d *Daemon) observeDetection(dt time.Duration) {
@@ -270,7 +270,7 @@ func (d *Daemon) updateWatchLocked(now time.Time, sources []api.Source, full boo
 		if !ok {
 			// A full scan adds sources that were active since the last
 			// scan with mostly unanswered SYNs.
-			if !full || s.SYN < 5 || s.SYN < 2*s.ACK || now.Sub(s.LastSeen) > d.cfg.FullScanInterval || len(d.watch) >= d.cfg.WatchMax {
+			if !full || !d.watchWorthy(now, s) || len(d.watch) >= d.cfg.WatchMax {
 				continue
 			}
 			w = &watched{active: now}
