@@ -95,18 +95,10 @@ func (d *Datapath) Services() ([]Service, error) {
 // walkBatches runs BatchLookup over m until the end, calling fn with the
 // number of entries filled into keys/vals each time.
 func walkBatches(m *ebpf.Map, keys, vals any, fn func(n int)) error {
-	return walkBatchesUntil(m, keys, vals, func(n int) bool { fn(n); return true })
-}
-
-// walkBatchesUntil is walkBatches that stops early, without an error, when
-// fn returns false.
-func walkBatchesUntil(m *ebpf.Map, keys, vals any, fn func(n int) bool) error {
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		if !fn(n) {
-			return nil
-		}
+		fn(n)
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return nil
 		}

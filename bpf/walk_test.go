@@ -103,8 +103,18 @@ func TestWalkSources(t *testing.T) {
 		t.Errorf("walk of %d entries: %.0f allocations, want a constant handful", n, allocs)
 	}
 
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
+	// fn runs without the datapath's lock: it may even close it, which
+	// ends the walk with an error at the next batch.
+	calls = 0
+	err = d.WalkSources(func([]Source) error {
+		calls++
+		if calls == 1 {
+			return d.Close()
+		}
+		return nil
+	})
+	if err == nil || calls != 1 {
+		t.Errorf("walk closed by fn: err %v after %d calls, want an error after 1", err, calls)
 	}
 	if err := d.WalkSources(func([]Source) error { return nil }); err == nil {
 		t.Error("walk of a closed datapath succeeded")

@@ -174,7 +174,7 @@ func (d *Detector) observe(s Snapshot, feed SourceFeed) (Decisions, error) {
 func (d *Detector) baselineSources(sources []SourceCounters, now int64) {
 	for _, sc := range sources {
 		i := d.sources.get(sc.Addr, now)
-		st := &d.sources.s[i]
+		st := d.sources.s.at(i)
 		st.syn, st.ack, st.seen = sc.SYN, sc.ACK, now
 	}
 }
@@ -254,9 +254,8 @@ func (d *Detector) observeSources(p *sourcePass, sources []SourceCounters, out *
 			}
 			k = known[pos%batch]
 		}
-		i := d.sources.at(prev, sc.Addr, now, k)
+		i, st := d.sources.at(prev, sc.Addr, now, k)
 		prev = i
-		st := &d.sources.s[i]
 		var dsyn, dack uint64
 		if st.seen == 0 {
 			// New since the previous snapshot: its counts cover at most that
@@ -345,7 +344,7 @@ func (d *Detector) Suspect(t time.Time, a netip.Addr, synsWithoutACK uint32) Dec
 	a = a.Unmap()
 	now := t.UnixNano()
 	i := d.sources.get(a, now)
-	st := &d.sources.s[i]
+	st := d.sources.s.at(i)
 	st.touched = now
 	if st.flags&flagFlagged != 0 {
 		st.lastFlag = max(st.lastFlag, now)

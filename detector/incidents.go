@@ -103,8 +103,8 @@ func (d *Detector) topSources() []SourceFigure {
 	r := make([]SourceFigure, 0, len(top))
 	for _, e := range top {
 		f := SourceFigure{Addr: netip.AddrFrom16(e.key).Unmap(), SYN: uint64(e.syn)}
-		if int(e.idx) < len(d.sources.s) && d.sources.s[e.idx].key == e.key {
-			s := &d.sources.s[e.idx]
+		if int(e.idx) < d.sources.s.len() && d.sources.is(d.sources.s.at(e.idx), e.key) {
+			s := d.sources.s.at(e.idx)
 			f.ACK = s.ack
 			f.SYNPPS = float64(s.synRate)
 		}
@@ -117,9 +117,9 @@ func (d *Detector) topSources() []SourceFigure {
 // incident (or updates it) and, in enforce mode, bans. reason is only
 // needed (and only computed by callers) when the source was not flagged.
 func (d *Detector) flag(i int32, now int64, rate, share float64, dsyn, dack uint64, reason string, out *Decisions) {
-	st := &d.sources.s[i]
+	st := d.sources.s.at(i)
 	st.lastFlag = now
-	a := st.addr()
+	a := d.sources.addr(st)
 	if st.flags&flagFlagged == 0 {
 		st.flags |= flagFlagged
 		if d.cfg.AggregateSources > 0 {
@@ -150,7 +150,7 @@ func (d *Detector) flag(i int32, now int64, rate, share float64, dsyn, dack uint
 // unflag ends source i's flagged period.
 func (d *Detector) unflag(s *source) {
 	if s.flags&flagAggCounted != 0 {
-		p := d.aggPrefix(s.addr())
+		p := d.aggPrefix(d.sources.addr(s))
 		if d.aggCount[p]--; d.aggCount[p] <= 0 {
 			delete(d.aggCount, p)
 		}
@@ -182,7 +182,7 @@ func (d *Detector) maintain(now int64, out *Decisions) {
 		}
 		switch inc.Kind {
 		case KindSource:
-			st := &d.sources.s[inc.src]
+			st := d.sources.s.at(inc.src)
 			last := max(st.lastFlag, d.banActivity(inc.Source))
 			if now-last >= quiet {
 				d.unflag(st)

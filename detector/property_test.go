@@ -162,8 +162,8 @@ func TestPropertyMemoryBounded(t *testing.T) {
 		}
 		total += len(snap.Sources)
 		d.Observe(snap)
-		if n := d.sources.len(); n > cfg.MaxSources || len(d.sources.s) > cfg.MaxSources {
-			t.Fatalf("after %d sources: %d tracked, slab %d, max_sources %d", total, n, len(d.sources.s), cfg.MaxSources)
+		if n := d.sources.len(); n > cfg.MaxSources || d.sources.s.len() > cfg.MaxSources {
+			t.Fatalf("after %d sources: %d tracked, slab %d, max_sources %d", total, n, d.sources.s.len(), cfg.MaxSources)
 		}
 		if d.open > cfg.MaxIncidents || len(d.bans) > cfg.MaxBans || len(d.offences) > 4*cfg.MaxBans || len(d.svcs) > cfg.MaxServices {
 			t.Fatalf("after %d sources: %d incidents, %d bans, %d offences, %d services", total, d.open, len(d.bans), len(d.offences), len(d.svcs))

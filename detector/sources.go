@@ -8,16 +8,20 @@ import (
 const (
 	flagFlagged uint8 = 1 << iota
 	flagAggCounted
+	// flagV6: an IPv6 source, whose k4 indexes sourceTable.v6keys.
+	flagV6
 )
 
 // source is one tracked source. It holds no pointers, so a table of a
-// million of them costs the garbage collector nothing to scan.
+// million of them costs the garbage collector nothing to scan. It is 72
+// bytes: an IPv4 source (the million-source case) keeps its address in
+// k4; the 16-byte address of an IPv6 source lives beside the slab.
 type source struct {
-	key      [16]byte
 	syn, ack uint64 // cumulative counters at seen
 	seen     int64  // last snapshot listing the source (unix ns); 0 = none yet
 	touched  int64  // last snapshot or suspect event
 	lastFlag int64  // last time the flag condition held
+	k4       uint32 // IPv4 address, or with flagV6 the index in v6keys
 	synRate  float32
 	ackRate  float32
 	inc      int32 // open incident handle (index+1), 0 = none
@@ -27,7 +31,32 @@ type source struct {
 	flags    uint8
 }
 
-func (s *source) addr() netip.Addr { return netip.AddrFrom16(s.key).Unmap() }
+// slab holds the sources in fixed-size pages. A page never moves: growing
+// the table adds a page instead of copying every source into a slice 1.25
+// times bigger, which at a million sources left ~100 MB of garbage per
+// growth step and up to 25% of unused capacity behind.
+type slab struct {
+	pages [][]source
+	n     int
+}
+
+// slabShift: 4096 sources (352 KiB) per page.
+const slabShift = 12
+
+func (s *slab) at(i int32) *source {
+	return &s.pages[i>>slabShift][i&(1<<slabShift-1)]
+}
+
+func (s *slab) len() int { return s.n }
+
+// push adds a zero source and returns its index.
+func (s *slab) push() int32 {
+	if s.n == len(s.pages)<<slabShift {
+		s.pages = append(s.pages, make([]source, 1<<slabShift))
+	}
+	s.n++
+	return int32(s.n - 1)
+}
 
 // sourceTable is a slab of sources indexed by address. Its size is bounded:
 // when full, the least recently touched unflagged sources are forgotten.
@@ -35,9 +64,13 @@ type sourceTable struct {
 	// IPv4 sources are keyed by their 4 bytes: a smaller map, fewer cache
 	// and TLB misses than 16-byte keys, which dominate the cost of a
 	// million-source snapshot.
-	v4     v4index
-	v6     map[[16]byte]int32
-	s      []source
+	v4 v4index
+	v6 map[[16]byte]int32
+	s  slab
+	// v6keys are the addresses of IPv6 sources (see source.k4); v6free
+	// lists its unused slots.
+	v6keys [][16]byte
+	v6free []uint32
 	free   []int32
 	max    int
 	cursor int
@@ -78,9 +111,28 @@ func (t *sourceTable) prefetch(batch []SourceCounters, out []int32) {
 			continue
 		}
 		out[j] = i
-		sink += t.s[i].syn
+		sink += t.s.at(i).syn
 	}
 	t.sink += sink
+}
+
+// key returns s's address as the kernel keys it (IPv4-mapped for IPv4).
+func (t *sourceTable) key(s *source) [16]byte {
+	if s.flags&flagV6 != 0 {
+		return t.v6keys[s.k4]
+	}
+	return [16]byte{10: 0xff, 11: 0xff, 12: byte(s.k4 >> 24), 13: byte(s.k4 >> 16), 14: byte(s.k4 >> 8), 15: byte(s.k4)}
+}
+
+// addr returns s's address.
+func (t *sourceTable) addr(s *source) netip.Addr { return netip.AddrFrom16(t.key(s)).Unmap() }
+
+// is says whether s holds address k.
+func (t *sourceTable) is(s *source, k [16]byte) bool {
+	if k4, ok := v4key(k); ok {
+		return s.flags&flagV6 == 0 && s.k4 == k4
+	}
+	return s.flags&flagV6 != 0 && t.v6keys[s.k4] == k
 }
 
 func newSourceTable(max int) sourceTable {
@@ -127,30 +179,65 @@ func (t *sourceTable) del(k [16]byte) {
 // entries, costs a cache and TLB miss). An insertion or eviction costs one
 // miss, then the chain is back in step.
 //
-// known is the index found by prefetch, or -1.
-func (t *sourceTable) at(prev int32, a netip.Addr, now int64, known int32) int32 {
-	k := a.As16()
-	valid := func(i int32) bool { return i >= 0 && int(i) < len(t.s) && t.s[i].key == k && t.s[i].touched != 0 }
+// known is the index found by prefetch, or -1. It returns the index and
+// the entry.
+func (t *sourceTable) at(prev int32, a netip.Addr, now int64, known int32) (int32, *source) {
+	var (
+		k   [16]byte
+		k4  uint32
+		is4 = a.Is4()
+	)
+	if is4 {
+		b := a.As4()
+		k4 = uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	} else {
+		k = a.As16()
+		k4, is4 = v4key(k) // an IPv4-mapped address is keyed as IPv4
+	}
+	valid := func(i int32) *source {
+		if i < 0 || int(i) >= t.s.n {
+			return nil
+		}
+		s := t.s.at(i)
+		if s.touched == 0 {
+			return nil
+		}
+		if is4 {
+			if s.flags&flagV6 != 0 || s.k4 != k4 {
+				return nil
+			}
+		} else if s.flags&flagV6 == 0 || t.v6keys[s.k4] != k {
+			return nil
+		}
+		return s
+	}
+	var ps *source
+	if prev >= 0 {
+		ps = t.s.at(prev)
+	}
 	// A prefetched index is in cache; the chain's guess may not be.
 	i := known
-	if !valid(i) {
+	s := valid(i)
+	if s == nil {
 		guess := t.head
-		if prev >= 0 {
-			guess = t.s[prev].next
+		if ps != nil {
+			guess = ps.next
 		}
-		if i = guess - 1; !valid(i) {
+		i = guess - 1
+		if s = valid(i); s == nil {
 			t.misses++
-			i = t.getKey(k, now)
+			i = t.getKey(a.As16(), now)
+			s = t.s.at(i)
 		}
-	} else if prev < 0 || t.s[prev].next != i+1 {
+	} else if ps == nil || ps.next != i+1 {
 		t.misses++ // still out of order: keep prefetching
 	}
-	if prev >= 0 {
-		t.s[prev].next = i + 1
+	if ps != nil {
+		ps.next = i + 1
 	} else {
 		t.head = i + 1
 	}
-	return i
+	return i, s
 }
 
 func (t *sourceTable) len() int { return t.v4.len() + len(t.v6) }
@@ -173,17 +260,34 @@ func (t *sourceTable) getKey(k [16]byte, now int64) int32 {
 		i = t.free[n-1]
 		t.free = t.free[:n-1]
 	} else {
-		t.s = append(t.s, source{})
-		i = int32(len(t.s) - 1)
+		i = t.s.push()
 	}
-	t.s[i] = source{key: k, touched: now}
+	st := source{touched: now}
+	if k4, ok := v4key(k); ok {
+		st.k4 = k4
+	} else {
+		st.flags = flagV6
+		if n := len(t.v6free); n > 0 {
+			st.k4 = t.v6free[n-1]
+			t.v6free = t.v6free[:n-1]
+			t.v6keys[st.k4] = k
+		} else {
+			st.k4 = uint32(len(t.v6keys))
+			t.v6keys = append(t.v6keys, k)
+		}
+	}
+	*t.s.at(i) = st
 	t.put(k, i)
 	return i
 }
 
 func (t *sourceTable) remove(i int32) {
-	t.del(t.s[i].key)
-	t.s[i] = source{}
+	s := t.s.at(i)
+	t.del(t.key(s))
+	if s.flags&flagV6 != 0 {
+		t.v6free = append(t.v6free, s.k4)
+	}
+	*s = source{}
 	t.free = append(t.free, i)
 }
 
@@ -191,9 +295,9 @@ func (t *sourceTable) remove(i int32) {
 // unflagged sources, so that the O(n) pass is paid once per n/4 inserts.
 func (t *sourceTable) evict() {
 	var sample []int64
-	step := max(1, len(t.s)/1024)
-	for i := 0; i < len(t.s); i += step {
-		if s := &t.s[i]; s.touched != 0 && s.flags&flagFlagged == 0 {
+	step := max(1, t.s.len()/1024)
+	for i := 0; i < t.s.len(); i += step {
+		if s := t.s.at(int32(i)); s.touched != 0 && s.flags&flagFlagged == 0 {
 			sample = append(sample, s.touched)
 		}
 	}
@@ -201,8 +305,8 @@ func (t *sourceTable) evict() {
 	if len(sample) > 0 {
 		slices.Sort(sample)
 		cut := sample[len(sample)/4]
-		for i := range t.s {
-			if s := &t.s[i]; s.touched != 0 && s.flags&flagFlagged == 0 && s.touched <= cut {
+		for i := range t.s.len() {
+			if s := t.s.at(int32(i)); s.touched != 0 && s.flags&flagFlagged == 0 && s.touched <= cut {
 				t.remove(int32(i))
 				removed++
 			}
@@ -213,14 +317,14 @@ func (t *sourceTable) evict() {
 		// bound first (its ban, if any, lives on in the ban table). Sources
 		// with an open incident stay: there are at most MaxIncidents.
 		oldest := -1
-		for i := range t.s {
-			if s := &t.s[i]; s.touched != 0 && s.inc == 0 && (oldest < 0 || s.touched < t.s[oldest].touched) {
+		for i := range t.s.len() {
+			if s := t.s.at(int32(i)); s.touched != 0 && s.inc == 0 && (oldest < 0 || s.touched < t.s.at(int32(oldest)).touched) {
 				oldest = i
 			}
 		}
 		if oldest >= 0 {
 			if t.forget != nil {
-				t.forget(&t.s[oldest])
+				t.forget(t.s.at(int32(oldest)))
 			}
 			t.remove(int32(oldest))
 		}
@@ -232,7 +336,7 @@ func (t *sourceTable) evict() {
 // A flagged source without an incident (beyond max_incidents) is unflagged
 // here once it has been below the bar for resolve.
 func (t *sourceTable) sweep(now, idle, resolve int64) {
-	n := len(t.s)
+	n := t.s.len()
 	if n == 0 {
 		return
 	}
@@ -241,7 +345,7 @@ func (t *sourceTable) sweep(now, idle, resolve int64) {
 		if t.cursor >= n {
 			t.cursor = 0
 		}
-		s := &t.s[t.cursor]
+		s := t.s.at(int32(t.cursor))
 		if s.flags&flagFlagged != 0 && s.inc == 0 && now-s.lastFlag >= resolve && t.forget != nil {
 			t.forget(s)
 		}
@@ -276,7 +380,7 @@ func (f *floodEpoch) start() {
 
 // count adds dsyn half-open SYNs of source i to the epoch.
 func (f *floodEpoch) count(t *sourceTable, i int32, dsyn uint32, k int) {
-	s := &t.s[i]
+	s := t.s.at(i)
 	if s.epoch != f.epoch {
 		s.epoch, s.epochSYN = f.epoch, 0
 		f.distinct++
@@ -284,7 +388,7 @@ func (f *floodEpoch) count(t *sourceTable, i int32, dsyn uint32, k int) {
 	s.epochSYN += dsyn
 	minAt := -1
 	for j := range f.top {
-		if f.top[j].idx == i && f.top[j].key == s.key {
+		if f.top[j].idx == i && t.is(s, f.top[j].key) {
 			f.top[j].syn = s.epochSYN
 			return
 		}
@@ -293,8 +397,8 @@ func (f *floodEpoch) count(t *sourceTable, i int32, dsyn uint32, k int) {
 		}
 	}
 	if len(f.top) < k {
-		f.top = append(f.top, topEntry{key: s.key, idx: i, syn: s.epochSYN})
+		f.top = append(f.top, topEntry{key: t.key(s), idx: i, syn: s.epochSYN})
 	} else if minAt >= 0 && s.epochSYN > f.top[minAt].syn {
-		f.top[minAt] = topEntry{key: s.key, idx: i, syn: s.epochSYN}
+		f.top[minAt] = topEntry{key: t.key(s), idx: i, syn: s.epochSYN}
 	}
 }

@@ -77,7 +77,7 @@ func (d *Detector) State() State {
 		is := IncidentState{Incident: inc.copy(), KernelAtOpen: inc.kernAtOpen}
 		switch inc.Kind {
 		case KindSource:
-			is.LastFlagged = time.Unix(0, d.sources.s[inc.src].lastFlag).UTC()
+			is.LastFlagged = time.Unix(0, d.sources.s.at(inc.src).lastFlag).UTC()
 		case KindService:
 			if sv := d.svcs[inc.Service]; sv != nil {
 				is.LastFlagged = time.Unix(0, sv.lastAlarm).UTC()
@@ -135,7 +135,7 @@ func (d *Detector) Restore(st State) error {
 			inc.Source = a
 			d.storeIncident(inc)
 			i := d.sources.get(a, last)
-			s := &d.sources.s[i]
+			s := d.sources.s.at(i)
 			s.flags |= flagFlagged
 			if d.cfg.AggregateSources > 0 {
 				d.aggCount[d.aggPrefix(a)]++
@@ -169,7 +169,7 @@ func (d *Detector) Explain(a netip.Addr) Explanation {
 	e := Explanation{Addr: a, SYNThreshold: d.cfg.SourceSYNRate, HalfOpenThreshold: d.cfg.SourceHalfOpen}
 	var parts []string
 	if i, ok := d.sources.lookup(a); ok {
-		s := &d.sources.s[i]
+		s := d.sources.s.at(i)
 		e.Tracked = s.seen != 0
 		if s.seen != 0 {
 			e.SeenAt = time.Unix(0, s.seen).UTC()

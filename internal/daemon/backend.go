@@ -122,29 +122,12 @@ func (d *Daemon) Top(ctx context.Context, n int) ([]api.SourceRow, error) {
 		return rows, nil
 	}
 	d.mu.Unlock()
-	sources, err := d.deps.Plane.Sources()
+	rows, err := d.topScan(max(n, 100))
 	if err != nil {
 		return nil, fmt.Errorf("read sources: %w", err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	rows := make([]api.SourceRow, 0, min(len(sources), 65536))
-	for _, s := range sources {
-		if len(sources) > 65536 && s.SYN < minScanSYN && s.ACK < minScanSYN {
-			continue // a random-source flood: ranking a million one-SYN rows helps nobody
-		}
-		r := api.SourceRow{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK, RST: s.RST, HalfOpenShare: halfOpen(s.SYN, s.ACK), LastSeen: s.LastSeen}
-		if w, ok := d.watch[s.Addr]; ok && !w.at.IsZero() {
-			r.SYNPerSecond = w.rate
-		} else if life := s.LastSeen.Sub(s.FirstSeen).Seconds(); life > 1 {
-			r.SYNPerSecond = float64(s.SYN) / life
-		} else {
-			r.SYNPerSecond = float64(s.SYN)
-		}
-		rows = append(rows, r)
-	}
-	sortRows(rows)
-	rows = rows[:min(max(n, 100), len(rows))]
 	for i := range rows {
 		rows[i].State = d.stateOfLocked(rows[i].Addr)
 	}

@@ -92,11 +92,13 @@ type sourcesOnly struct{ Plane }
 // the next poll scans again. Called and returns with d.mu held.
 func (d *Daemon) fullScanLocked(now time.Time, snap detector.Snapshot) (dec detector.Decisions, listed int, read, detect time.Duration, err error) {
 	t0 := time.Now()
+	d.tuneMemoryLocked()
+	defer d.tuneMemoryLocked()
 	eng := d.engine
 	lastFull := d.lastFull
 	var feedTook, observeTook time.Duration
 	var cands []api.Source // watched sources and new watch candidates
-	newCands := 0
+	newCands, batches := 0, 0
 	chunk := make([]detector.SourceCounters, 0, scanBatch)
 	// feed runs with d.mu held and releases it around each kernel read.
 	feed := func(observe func([]detector.SourceCounters)) error {
@@ -125,6 +127,12 @@ func (d *Daemon) fullScanLocked(now time.Time, snap detector.Snapshot) (dec dete
 				}
 			}
 			listed += len(chunk)
+			if batches++; batches%64 == 0 {
+				// The detector grows during a first scan of a big table:
+				// let the memory limit follow a live heap beyond its
+				// budget (IPv6 sources) instead of collecting back to back.
+				d.tuneMemoryLocked()
+			}
 			if d.engine == eng {
 				o0 := time.Now()
 				observe(chunk)
@@ -160,3 +168,57 @@ func (d *Daemon) fullScanLocked(now time.Time, snap detector.Snapshot) (dec dete
 func (d *Daemon) watchWorthy(now time.Time, s api.Source) bool {
 	return s.SYN >= 5 && s.SYN >= 2*s.ACK && now.Sub(s.LastSeen) <= d.cfg.FullScanInterval
 }
+
+// topScan reads every source (streamed, like the full scan) and returns
+// the k highest ranked (sortRows), with a source's SYN rate from the watch
+// set when it is watched. Only 2k rows are held at a time, not a row per
+// kernel entry. When the table holds more than topCrowded entries, sources
+// with fewer than minScanSYN SYNs and ACKs are left out: in a
+// random-source flood, ranking a million one-SYN rows helps nobody. The
+// lock is taken per batch, as in fullScanLocked; called without d.mu.
+func (d *Daemon) topScan(k int) ([]api.SourceRow, error) {
+	// all ranks every source, busy only those above the bar; which one is
+	// returned depends on the total, known at the end.
+	var all, busy []api.SourceRow
+	total := 0
+	keep := func(rows []api.SourceRow) []api.SourceRow {
+		if len(rows) >= 2*k {
+			sortRows(rows)
+			rows = rows[:k]
+		}
+		return rows
+	}
+	err := walkSources(d.deps.Plane, func(batch []api.Source) error {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for _, s := range batch {
+			total++
+			r := api.SourceRow{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK, RST: s.RST, HalfOpenShare: halfOpen(s.SYN, s.ACK), LastSeen: s.LastSeen}
+			if w, ok := d.watch[s.Addr]; ok && !w.at.IsZero() {
+				r.SYNPerSecond = w.rate
+			} else if life := s.LastSeen.Sub(s.FirstSeen).Seconds(); life > 1 {
+				r.SYNPerSecond = float64(s.SYN) / life
+			} else {
+				r.SYNPerSecond = float64(s.SYN)
+			}
+			all = keep(append(all, r))
+			if s.SYN >= minScanSYN || s.ACK >= minScanSYN {
+				busy = keep(append(busy, r))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	rows := all
+	if total > topCrowded {
+		rows = busy
+	}
+	sortRows(rows)
+	return rows[:min(k, len(rows))], nil
+}
+
+// topCrowded: beyond this many kernel entries, top leaves out sources
+// below minScanSYN.
+const topCrowded = 65536

@@ -139,3 +139,39 @@ func TestFullScanStreamsBatches(t *testing.T) {
 		t.Error("a finished full scan is not recorded as done")
 	}
 }
+
+// top ranks while streaming, holding 2k rows at most: the k rows it returns
+// are exactly the first k of ranking every source at once.
+func TestTopScanMatchesFullRanking(t *testing.T) {
+	h := newHarness(t, "enforce")
+	wp := &walkPlane{fakePlane: h.plane}
+	h.d.deps.Plane = wp
+	for i := range 500 {
+		a := netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)})
+		h.plane.send(a, uint64(i*7919%251), uint64(i%13))
+	}
+	h.clk.step(3 * time.Second)
+	const k = 10
+	got, err := h.d.topScan(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, _ := h.plane.Sources()
+	var want []api.SourceRow
+	for _, s := range all {
+		r := api.SourceRow{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK, RST: s.RST, HalfOpenShare: halfOpen(s.SYN, s.ACK), LastSeen: s.LastSeen}
+		if life := s.LastSeen.Sub(s.FirstSeen).Seconds(); life > 1 {
+			r.SYNPerSecond = float64(s.SYN) / life
+		} else {
+			r.SYNPerSecond = float64(s.SYN)
+		}
+		want = append(want, r)
+	}
+	sortRows(want)
+	if !slices.Equal(got, want[:k]) {
+		t.Errorf("top %d while streaming:\n%v\nranking all at once:\n%v", k, got, want[:k])
+	}
+	if wp.batches < 100 {
+		t.Errorf("top read %d batches of 500 sources: it did not stream", wp.batches)
+	}
+}
