@@ -17,10 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
-
 	"github.com/synguard/synguard/bpf"
 	"github.com/synguard/synguard/detector"
 	"github.com/synguard/synguard/internal/api"
@@ -85,7 +81,11 @@ func TestAutomaticProtectionDuringSpoofedFlood(t *testing.T) {
 			c.Close()
 		}
 	}()
-	peerXDPPass(t, bed)
+	detachPeer, err := bed.PassXDPOnServerPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(detachPeer)
 
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "s.sock")
@@ -325,32 +325,4 @@ func errKind(err error) string {
 		return "reset"
 	}
 	return err.Error()
-}
-
-// peerXDPPass attaches XDP_PASS to the server veth's peer (the bridge port
-// in the lan namespace): native XDP_TX on a veth (the cookie SYN-ACKs)
-// reaches the peer only while it has an XDP program; a real NIC needs
-// nothing like it.
-func peerXDPPass(t *testing.T, bed *testbed.Bed) {
-	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	peer := bed.Config.Prefix + "b-srv"
-	var l link.Link
-	err = bed.LAN.Do(func() error {
-		ifc, err := net.InterfaceByName(peer)
-		if err != nil {
-			return err
-		}
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: link.XDPDriverMode})
-		return err
-	})
-	if err != nil {
-		t.Fatalf("xdp_pass on %s: %v", peer, err)
-	}
-	t.Cleanup(func() { l.Close() })
 }

@@ -16,10 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
-
 	"github.com/synguard/synguard/bpf"
 	"github.com/synguard/synguard/internal/synproxy"
 	"github.com/synguard/synguard/internal/testbed"
@@ -397,13 +393,18 @@ func (b *bench) withSynguard(t *testing.T, mode bpf.AttachMode, fallback bool, b
 				t.Fatal(err)
 			}
 			if mode == bpf.AttachNative {
-				unpeer = b.peerXDP(t)
+				detach, err := b.PassXDPOnServerPeer()
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(detach)
+				unpeer = detach
 			}
 			sm := synproxy.ModeAuto
 			if fallback {
 				sm = synproxy.ModeKernelCookies
 			}
-			m, err = synproxy.New(synproxy.Options{Mode: sm, Run: nsRunner(b.Server)})
+			m, err = synproxy.New(synproxy.Options{Mode: sm, Run: b.Server.RunInput})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -451,52 +452,5 @@ func (b *bench) withSynguard(t *testing.T, mode bpf.AttachMode, fallback bool, b
 			return fmt.Sprintf("path %s; XDP saw %d SYNs: verified %d, admitted %d, dropped %d, cookies sent %d, validated %d; verified sources %d",
 				res.Path, c.SYN, p.Verified, p.Admitted, p.Dropped, p.CookiesSent, p.CookiesValidated, nv)
 		},
-	}
-}
-
-// peerXDP attaches an XDP_PASS program to the server veth's peer (the
-// bridge port in the router namespace) until the test ends. Native XDP_TX
-// on a veth hands the frame to the peer's receive path, which only runs
-// (NAPI) while the peer has an XDP program or GRO on: without it the veth
-// drops every XDP_TX frame silently. A real NIC needs nothing like it.
-func (b *bench) peerXDP(t *testing.T) (detach func()) {
-	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type: ebpf.XDP, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	peer := b.Config.Prefix + "b-srv"
-	var l link.Link
-	err = b.LAN.Do(func() error {
-		ifc, err := net.InterfaceByName(peer)
-		if err != nil {
-			return err
-		}
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: link.XDPDriverMode})
-		return err
-	})
-	if err != nil {
-		t.Fatalf("xdp_pass on %s: %v", peer, err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return func() { l.Close() }
-}
-
-// nsRunner runs synproxy's commands in the namespace.
-func nsRunner(ns *testbed.NS) synproxy.Runner {
-	return func(ctx context.Context, stdin string, name string, args ...string) ([]byte, error) {
-		c := ns.Command(ctx, name, args...)
-		if stdin != "" {
-			c.Stdin = strings.NewReader(stdin)
-		}
-		out, err := c.CombinedOutput()
-		if err != nil {
-			return out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out)
-		}
-		return out, nil
 	}
 }

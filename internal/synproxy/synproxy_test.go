@@ -52,21 +52,6 @@ func TestScript(t *testing.T) {
 	}
 }
 
-// nsRunner runs commands in a bed namespace.
-func nsRunner(ns *testbed.NS) Runner {
-	return func(ctx context.Context, stdin string, name string, args ...string) ([]byte, error) {
-		c := ns.Command(ctx, name, args...)
-		if stdin != "" {
-			c.Stdin = strings.NewReader(stdin)
-		}
-		out, err := c.CombinedOutput()
-		if err != nil {
-			return out, errors.New(name + " " + strings.Join(args, " ") + ": " + err.Error() + ": " + string(out))
-		}
-		return out, nil
-	}
-}
-
 func sysctl(t *testing.T, ns *testbed.NS, key string) string {
 	t.Helper()
 	out, err := ns.Run(context.Background(), "sysctl", "-n", key)
@@ -124,7 +109,7 @@ func TestSynproxyLive(t *testing.T) {
 	}
 	greeter(t, srv, "8080")
 	ctx := context.Background()
-	m, err := New(Options{Run: nsRunner(srv)})
+	m, err := New(Options{Run: srv.RunInput})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +188,7 @@ func TestFallbackLive(t *testing.T) {
 	if err := srv.Sysctl("net.ipv4.tcp_syncookies=0"); err != nil {
 		t.Fatal(err)
 	}
-	run := nsRunner(srv)
+	run := srv.RunInput
 	noNft := func(ctx context.Context, stdin, name string, args ...string) ([]byte, error) {
 		if name == "nft" {
 			return nil, errors.New(`exec: "nft": executable file not found in $PATH`)
@@ -280,7 +265,7 @@ func TestPrepareKeepsConnections(t *testing.T) {
 		}
 	}()
 	ctx := context.Background()
-	m, err := New(Options{Run: nsRunner(srv)})
+	m, err := New(Options{Run: srv.RunInput})
 	if err != nil {
 		t.Fatal(err)
 	}

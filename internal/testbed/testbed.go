@@ -422,12 +422,23 @@ const netnsDir = "/run/netns/"
 // combined output; the error includes the output. Without a deadline in ctx
 // the command gets one minute.
 func (n *NS) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return n.RunInput(ctx, "", name, args...)
+}
+
+// RunInput is Run with stdin as the command's standard input. Its signature
+// is synproxy.Runner's, so tests hand ns.RunInput to code that runs nft and
+// sysctl.
+func (n *NS) RunInput(ctx context.Context, stdin, name string, args ...string) ([]byte, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 	}
-	out, err := n.Command(ctx, name, args...).CombinedOutput()
+	c := n.Command(ctx, name, args...)
+	if stdin != "" {
+		c.Stdin = strings.NewReader(stdin)
+	}
+	out, err := c.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("in netns %s: %s %s: %w: %s", n.Name, name, strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
