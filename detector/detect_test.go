@@ -435,3 +435,41 @@ func TestFirstSeenSpreadsTheCount(t *testing.T) {
 		t.Fatalf("300 SYNs new within 1 s not flagged: %+v", dec)
 	}
 }
+
+// TestSuspectSinceRatesNewSourceOverItsLife: with partial snapshots, 100
+// SYNs from a source unknown for 10 s rate as 10 SYN/s (TestSuspectFlags...
+// above, not flagged); the kernel's first-seen time shows the run took 50 ms,
+// so the same event flags the source at its real rate of about 2,000 SYN/s,
+// and the incident says so.
+func TestSuspectSinceRatesNewSourceOverItsLife(t *testing.T) {
+	d := New(DefaultConfig(), Options{Enforce: true})
+	d.Observe(Snapshot{Time: t0, Complete: true})
+	for i := 1; i <= 10; i++ {
+		d.Observe(Snapshot{Time: t0.Add(time.Duration(i) * time.Second)})
+	}
+	now := t0.Add(10*time.Second + 500*time.Millisecond)
+	a := addr("203.0.113.20")
+	dec := d.SuspectSince(now, a, 100, now.Add(-50*time.Millisecond))
+	if len(dec.Incidents) != 1 || len(dec.Bans) != 1 {
+		t.Fatalf("100 SYNs in the 50 ms since first seen: %+v", dec)
+	}
+	inc := dec.Incidents[0]
+	if inc.SYNPerSecond < 1900 || inc.SYNPerSecond > 2100 {
+		t.Errorf("rate %.0f SYN/s, want about 2000", inc.SYNPerSecond)
+	}
+	if !strings.Contains(inc.Reason, "since it was first seen") {
+		t.Errorf("reason %q does not say what the rate is measured over", inc.Reason)
+	}
+	// A burst inside one kernel clock tick rates over the 10 ms floor, not
+	// as infinite.
+	b := addr("203.0.113.21")
+	dec = d.SuspectSince(now, b, 100, now)
+	if len(dec.Incidents) != 1 || dec.Incidents[0].SYNPerSecond > 10_001 {
+		t.Fatalf("burst within one tick: %+v", dec)
+	}
+	// A first-seen time older than the last reading changes nothing.
+	c := addr("203.0.113.22")
+	if dec := d.SuspectSince(now, c, 100, t0.Add(-time.Hour)); !dec.Empty() {
+		t.Errorf("old source flagged on a run spread over 10 s: %+v", dec)
+	}
+}

@@ -337,6 +337,21 @@ func halfOpen(syn, ack float64) float64 {
 // otherwise the snapshot figures decide, so a slow flood below the bar
 // stays unflagged.
 func (d *Detector) Suspect(t time.Time, a netip.Addr, synsWithoutACK uint32) Decisions {
+	return d.SuspectSince(t, a, synsWithoutACK, time.Time{})
+}
+
+// minSuspectSpan floors the span an early warning's run is rated over: the
+// kernel stamps first-seen with a clock of tick resolution (4 ms at HZ=250),
+// so a burst inside one tick would otherwise rate as infinite. A longer span
+// keeps the rate a lower bound.
+const minSuspectSpan = 10 * time.Millisecond
+
+// SuspectSince is Suspect for a source the data plane first saw at
+// firstSeen (zero: unknown). A source that appeared after the detector's
+// last reading sent its whole run since firstSeen, so the run is rated over
+// that span: a new flooder's incident then states its real rate rather than
+// the run spread over the whole poll interval.
+func (d *Detector) SuspectSince(t time.Time, a netip.Addr, synsWithoutACK uint32, firstSeen time.Time) Decisions {
 	var out Decisions
 	if !a.IsValid() || synsWithoutACK < d.cfg.SuspectSYNs {
 		return out
@@ -357,12 +372,15 @@ func (d *Detector) Suspect(t time.Time, a netip.Addr, synsWithoutACK uint32) Dec
 	// The run happened within the time since the source was last read or,
 	// for a source no complete snapshot listed, since the last complete
 	// snapshot: the run over that span is a lower bound of its rate.
-	since := d.lastComplete
+	since, sinceWhat := d.lastComplete, "it was last read"
 	if st.seen != 0 {
 		if float64(now-st.seen) < 2*float64(d.cfg.Window) {
 			return out // fresh figures: the next snapshot decides
 		}
 		since = st.seen
+	}
+	if fs := firstSeen.UnixNano(); !firstSeen.IsZero() && fs > since && fs <= now {
+		since, sinceWhat = min(fs, now-int64(minSuspectSpan)), "it was first seen"
 	}
 	span := float64(now-since) / 1e9
 	if span <= 0 {
@@ -372,8 +390,8 @@ func (d *Detector) Suspect(t time.Time, a netip.Addr, synsWithoutACK uint32) Dec
 	if rate < d.cfg.SourceSYNRate {
 		return out
 	}
-	reason := fmt.Sprintf("%s sent %s SYNs without an ACK in between, all in the %v since it was last read (at least %s SYN/s, 100%% half-open; early warning from the data plane); thresholds: %s SYN/s and %s half-open",
-		a, num(float64(synsWithoutACK)), time.Duration(span*1e9).Round(time.Millisecond), num(rate), num(d.cfg.SourceSYNRate), pct(d.cfg.SourceHalfOpen))
+	reason := fmt.Sprintf("%s sent %s SYNs without an ACK in between, all in the %v since %s (at least %s SYN/s, 100%% half-open; early warning from the data plane); thresholds: %s SYN/s and %s half-open",
+		a, num(float64(synsWithoutACK)), time.Duration(span*1e9).Round(time.Millisecond), sinceWhat, num(rate), num(d.cfg.SourceSYNRate), pct(d.cfg.SourceHalfOpen))
 	// The SYNs themselves are counted when the next snapshot reads them.
 	d.flag(i, now, rate, 1, 0, 0, reason, &out)
 	sortDecisions(&out)

@@ -107,13 +107,17 @@ func OpenBPF(cfg *config.Config, log *slog.Logger) (*BPFPlane, error) {
 		}
 		p.readers = append(p.readers, r)
 		p.wg.Add(1)
-		go p.readSuspects(ifc.name, r)
+		go p.readSuspects(ifc, r)
 	}
 	return p, nil
 }
 
-func (p *BPFPlane) readSuspects(name string, r *bpf.SuspectReader) {
+// readSuspects forwards one interface's early warnings. Each carries the
+// source's first-seen time from its kernel entry, so the detector can rate a
+// new source's run over its real duration rather than since the last read.
+func (p *BPFPlane) readSuspects(ifc *bpfIface, r *bpf.SuspectReader) {
 	defer p.wg.Done()
+	name := ifc.name
 	for {
 		ev, err := r.Read()
 		if err != nil {
@@ -123,8 +127,12 @@ func (p *BPFPlane) readSuspects(name string, r *bpf.SuspectReader) {
 			p.log.Warn("suspect event unreadable", "iface", name, "err", err)
 			continue
 		}
+		sus := Suspect{Addr: ev.Addr.Unmap(), SYNs: ev.SYNs, Time: ev.Time}
+		if src, ok, err := ifc.dp.Source(ev.Addr); err == nil && ok {
+			sus.FirstSeen = src.FirstSeen
+		}
 		select {
-		case p.suspects <- Suspect{Addr: ev.Addr.Unmap(), SYNs: ev.SYNs, Time: ev.Time}:
+		case p.suspects <- sus:
 		default:
 			p.lost.Add(1) // the next poll still sees the source's counters
 		}

@@ -31,6 +31,10 @@ type Suspect struct {
 	Addr netip.Addr
 	SYNs uint32
 	Time time.Time
+	// FirstSeen is when the kernel first counted the source (zero when
+	// unknown): the detector rates the run from then if that is later than
+	// its own last reading.
+	FirstSeen time.Time
 }
 
 // Plane is the data plane as the loop sees it: one or more interfaces whose
@@ -59,7 +63,7 @@ type Plane interface {
 // implements it.
 type Engine interface {
 	Observe(detector.Snapshot) detector.Decisions
-	Suspect(t time.Time, addr netip.Addr, syns uint32) detector.Decisions
+	SuspectSince(t time.Time, addr netip.Addr, syns uint32, firstSeen time.Time) detector.Decisions
 	SetProtected(t time.Time, p []netip.Prefix) detector.Decisions
 	Open() []detector.Incident
 	Explain(addr netip.Addr) detector.Explanation

@@ -28,7 +28,7 @@ func (d *Daemon) HandleSuspect(ev Suspect) {
 	w.suspect = true
 	w.active = now
 	start := time.Now()
-	dec := d.engine.Suspect(ev.Time, addr, ev.SYNs)
+	dec := d.engine.SuspectSince(ev.Time, addr, ev.SYNs, ev.FirstSeen)
 	d.observeDetection(time.Since(start))
 	d.applyLocked(now, dec)
 	d.saveLocked(now, false)

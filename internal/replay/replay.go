@@ -231,7 +231,7 @@ func (e *emulator) packet(t time.Time, frame []byte) classify.Kind {
 	if r.Counted() {
 		s := e.src[r.Src]
 		if s == nil {
-			s = &srcEntry{c: detector.SourceCounters{Addr: r.Src}}
+			s = &srcEntry{c: detector.SourceCounters{Addr: r.Src, FirstSeen: t}}
 			e.src[r.Src] = s
 		}
 		if !s.moved {
@@ -245,7 +245,7 @@ func (e *emulator) packet(t time.Time, frame []byte) classify.Kind {
 			if s.run >= e.opt.Detector.SuspectSYNs && (s.lastSuspct.IsZero() || t.Sub(s.lastSuspct) >= e.opt.SuspectInterval) {
 				s.lastSuspct = t
 				e.suspects++
-				e.apply(t, e.det.Suspect(t, r.Src, s.run))
+				e.apply(t, e.det.SuspectSince(t, r.Src, s.run, s.c.FirstSeen))
 			}
 		case classify.ACK:
 			s.c.ACK++
