@@ -3,10 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -66,21 +63,11 @@ func TestAutomaticProtectionDuringSpoofedFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := netip.AddrPortFrom(srv.Addr4, pwPort)
-	l, err := srv.Listen("tcp4", fmt.Sprintf(":%d", pwPort))
+	stopGreeting, err := srv.ServeGreeting(pwPort)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, "ok\n")
-			c.Close()
-		}
-	}()
+	t.Cleanup(stopGreeting)
 	detachPeer, err := bed.PassXDPOnServerPeer()
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +122,7 @@ detector: {resolve_after: 5s}
 	// Normal traffic first, so that the detector learns the service's
 	// baseline (the old client, which the program thereby verifies).
 	for i := 0; i < 30; i++ {
-		if ok, why := dialGreeting(bed.Host("old"), svc); !ok {
+		if ok, why := bed.Host("old").DialGreeting(svc, time.Second); !ok {
 			t.Fatalf("connection before the flood failed: %s", why)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -181,7 +168,7 @@ detector: {resolve_after: 5s}
 		cwg.Add(1)
 		go func() {
 			defer cwg.Done()
-			ok, why := dialGreeting(bed.Host("new"), svc)
+			ok, why := bed.Host("new").DialGreeting(svc, time.Second)
 			attempts.Add(1)
 			if ok {
 				okN.Add(1)
@@ -225,7 +212,7 @@ detector: {resolve_after: 5s}
 	}
 	gapOK := 0
 	for range 5 {
-		if ok, _ := dialGreeting(bed.Host("new"), svc); ok {
+		if ok, _ := bed.Host("new").DialGreeting(svc, time.Second); ok {
 			gapOK++
 		}
 	}
@@ -290,39 +277,4 @@ detector: {resolve_after: 5s}
 	if strings.Contains(string(out), "synguard_synproxy") {
 		t.Errorf("nftables tables left after stop: %s", out)
 	}
-}
-
-// dialGreeting connects from ns with a 1 s budget and reports whether the
-// listener's greeting arrived (a completed handshake alone proves nothing:
-// with cookies the client completes it against XDP).
-func dialGreeting(ns *testbed.NS, to netip.AddrPort) (bool, string) {
-	deadline := time.Now().Add(time.Second)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	c, err := ns.DialContext(ctx, "tcp4", to.String())
-	if err != nil {
-		return false, "dial: " + errKind(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(deadline)
-	buf := make([]byte, 3)
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ok\n" {
-		return false, "read: " + errKind(err)
-	}
-	return true, ""
-}
-
-func errKind(err error) string {
-	var ne net.Error
-	switch {
-	case err == nil:
-		return "bad greeting"
-	case errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	case strings.Contains(err.Error(), "refused"):
-		return "refused"
-	case strings.Contains(err.Error(), "reset"):
-		return "reset"
-	}
-	return err.Error()
 }

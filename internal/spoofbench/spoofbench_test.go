@@ -3,16 +3,12 @@ package spoofbench
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 
-	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -100,23 +96,11 @@ func (b *bench) meter(t *testing.T) (arrived, toStack uint64) {
 // phase's flood are gone.
 func (b *bench) listen(t *testing.T) (stop func()) {
 	t.Helper()
-	l, err := b.Server.Listen("tcp4", fmt.Sprintf(":%d", port))
+	stop, err := b.Server.ServeGreeting(port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, "ok\n")
-			c.Close()
-		}
-	}()
-	return func() { l.Close(); <-done }
+	return stop
 }
 
 // connect makes one new connection from ns and reports whether the
@@ -132,37 +116,11 @@ func connect(ns *testbed.NS, to netip.AddrPort) bool {
 // "read: ...") or how long a successful one took.
 func connectWhy(ns *testbed.NS, to netip.AddrPort) (bool, string) {
 	start := time.Now()
-	deadline := start.Add(connTimeout)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	c, err := ns.DialContext(ctx, "tcp4", to.String())
-	if err != nil {
-		return false, "dial: " + errClass(err)
+	ok, why := ns.DialGreeting(to, connTimeout)
+	if ok {
+		why = time.Since(start).Round(100 * time.Millisecond).String()
 	}
-	defer c.Close()
-	_ = c.SetDeadline(deadline)
-	buf := make([]byte, 3)
-	if _, err = io.ReadFull(c, buf); err != nil || string(buf) != "ok\n" {
-		return false, "read: " + errClass(err)
-	}
-	return true, time.Since(start).Round(100 * time.Millisecond).String()
-}
-
-func errClass(err error) string {
-	var ne net.Error
-	switch {
-	case err == nil:
-		return "bad greeting"
-	case errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused"
-	case errors.Is(err, syscall.ECONNRESET):
-		return "reset"
-	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-		return "eof"
-	}
-	return err.Error()
+	return ok, why
 }
 
 // clientResult counts one client's connections in a phase.
