@@ -141,6 +141,8 @@ type protState struct {
 	// retryAfter, not every poll.
 	failedAt map[netip.AddrPort]time.Time
 	metrics  *protMetrics
+	// prepared: conntrack runs for SYNPROXY (Validator.Prepare).
+	prepared bool
 
 	// pollMu only.
 	verifiedAt time.Time
@@ -186,11 +188,7 @@ func (d *Daemon) startProtectionLocked(now time.Time) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), validatorTimeout)
 	defer cancel()
-	if d.cfg.Protection.Cookies {
-		if err := ps.val.Prepare(ctx); err != nil {
-			d.log.Warn("conntrack not started for SYNPROXY: protection will fall back to kernel SYN cookies if nftables fails again", "err", err)
-		}
-	}
+	d.syncConntrackLocked()
 	pinned, err := plane.Protections()
 	if err != nil {
 		d.log.Error("pinned protections unreadable", "err", err)
@@ -216,6 +214,12 @@ func (d *Daemon) startProtectionLocked(now time.Time) {
 		// A killed daemon may have left the SYNPROXY table: remove it.
 		if err := ps.val.Close(ctx); err != nil {
 			d.log.Warn("leftover SYNPROXY rules not removed", "err", err)
+		}
+	}
+	if !ps.prepared {
+		// Nor leave a killed enforce-mode daemon's conntrack running.
+		if err := ps.val.Unprepare(ctx); err != nil {
+			d.log.Warn("leftover conntrack table not removed", "err", err)
 		}
 	}
 }
@@ -626,11 +630,45 @@ func (d *Daemon) stopProtectionLocked(now time.Time) {
 	if err := ps.val.Close(ctx); err != nil {
 		d.log.Error("SYNPROXY rules not removed", "err", err)
 	}
-	if d.cfg.Protection.Cookies {
+	if ps.prepared {
 		if err := ps.val.Unprepare(ctx); err != nil {
 			d.log.Warn("conntrack table not removed", "err", err)
 		}
+		ps.prepared = false
 	}
+}
+
+// conntrackWanted: SYNPROXY needs conntrack, and only enforce mode
+// protects anything. In observe mode (the first-run default) the host's
+// traffic is not tracked for nothing.
+func (d *Daemon) conntrackWanted() bool {
+	return d.prot.val != nil && d.cfg.Protection.Cookies && d.cfg.Mode == "enforce"
+}
+
+// syncConntrackLocked starts or stops conntrack for SYNPROXY to match
+// conntrackWanted. It is started ahead of any protection, because starting
+// it later breaks connections already open to the protected port.
+func (d *Daemon) syncConntrackLocked() {
+	ps := &d.prot
+	want := d.conntrackWanted()
+	if want == ps.prepared {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), validatorTimeout)
+	defer cancel()
+	if want {
+		if err := ps.val.Prepare(ctx); err != nil {
+			d.log.Warn("conntrack not started for SYNPROXY: protection will fall back to kernel SYN cookies if nftables fails again", "err", err)
+			return
+		}
+		ps.prepared = true
+		return
+	}
+	if err := ps.val.Unprepare(ctx); err != nil {
+		d.log.Warn("conntrack table not removed", "err", err)
+		return
+	}
+	ps.prepared = false
 }
 
 // Protect implements api.ProtectionBackend: protection by hand, until
@@ -826,5 +864,11 @@ func (d *Daemon) reloadProtectionLocked(now time.Time, old *config.Config) {
 	if d.cfg.Protection.Cookies != old.Protection.Cookies || d.cfg.Protection.VerifiedTTL != old.Protection.VerifiedTTL {
 		d.log.Warn("protection.cookies and protection.verified_ttl change at the next restart; protection.auto and the budget apply now")
 	}
+	// Conntrack starts before protection switches on and stops after it
+	// switches off.
+	if d.conntrackWanted() {
+		d.syncConntrackLocked()
+	}
 	d.syncProtectionLocked(now)
+	d.syncConntrackLocked()
 }

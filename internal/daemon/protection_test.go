@@ -332,7 +332,9 @@ func scrapeMetrics(t *testing.T, d *Daemon) string {
 // metrics say it would have protected.
 func TestProtectionObserveModeOnlyReports(t *testing.T) {
 	ph := newProtHarness(t, "observe")
-	ph.ops.take()
+	// No conntrack for the host's traffic while nothing can be protected;
+	// only a leftover table of a killed daemon is removed.
+	wantOps(t, ph.ops.take(), "close", "unprepare")
 	ph.incident(detector.StageOpened, 0)
 	if ops := ph.ops.take(); len(ops) != 0 {
 		t.Errorf("observe mode touched the data plane: %v", ops)
@@ -357,7 +359,13 @@ func TestProtectionObserveModeOnlyReports(t *testing.T) {
 	if err := ph.d.Reload(&cfg); err != nil {
 		t.Fatal(err)
 	}
-	wantOps(t, ph.ops.take(), "enable "+websvc.String(), "protect "+websvc.String()+" cookies=true budget=100")
+	wantOps(t, ph.ops.take(), "prepare", "enable "+websvc.String(), "protect "+websvc.String()+" cookies=true budget=100")
+	// Back to observe: protection off first, then conntrack.
+	cfg.Mode = "observe"
+	if err := ph.d.Reload(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	wantOps(t, ph.ops.take(), "unprotect "+websvc.String(), "disable "+websvc.String(), "unprepare")
 }
 
 func isCode(err error, code int) bool {
@@ -485,7 +493,7 @@ func TestRestartReconcilesPinnedProtections(t *testing.T) {
 	ph.cfg.Mode = "observe"
 	ph.ops.take()
 	ph.start()
-	wantOps(t, ph.ops.take(), "prepare", "unprotect "+websvc.String(), "close")
+	wantOps(t, ph.ops.take(), "unprotect "+websvc.String(), "close", "unprepare")
 	if len(ph.pp.prot) != 0 {
 		t.Errorf("observe mode left protections pinned: %v", ph.pp.prot)
 	}
