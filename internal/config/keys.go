@@ -118,16 +118,31 @@ func checkNode(n *yaml.Node, t reflect.Type, path string) error {
 	return nil
 }
 
+// yamlField reads a struct field's yaml tag as yaml.v3 does: its key
+// (yaml.v3's default, the lower-cased field name, when the tag names none)
+// and its options. skip is true for unexported and `yaml:"-"` fields, which
+// are neither keys nor printed.
+func yamlField(f reflect.StructField) (key, opts string, skip bool) {
+	if !f.IsExported() {
+		return "", "", true
+	}
+	key, opts, _ = strings.Cut(f.Tag.Get("yaml"), ",")
+	if key == "-" {
+		return "", "", true
+	}
+	if key == "" {
+		key = strings.ToLower(f.Name)
+	}
+	return key, opts, false
+}
+
 // structFields maps yaml keys to field types, flattening ",inline" fields.
 func structFields(t reflect.Type) map[string]reflect.Type {
 	out := map[string]reflect.Type{}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
-		if !f.IsExported() {
-			continue
-		}
-		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name == "-" {
+		name, opts, skip := yamlField(f)
+		if skip {
 			continue
 		}
 		if strings.Contains(opts, "inline") {
@@ -141,9 +156,6 @@ func structFields(t reflect.Type) map[string]reflect.Type {
 				}
 			}
 			continue
-		}
-		if name == "" {
-			name = strings.ToLower(f.Name) // yaml.v3's default key
 		}
 		out[name] = f.Type
 	}

@@ -122,12 +122,8 @@ func toNode(v reflect.Value) (*yaml.Node, error) {
 func appendFields(m *yaml.Node, v reflect.Value) error {
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		if !f.IsExported() {
-			continue
-		}
-		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name == "-" {
+		name, opts, skip := yamlField(t.Field(i))
+		if skip {
 			continue
 		}
 		fv := v.Field(i)
@@ -147,9 +143,6 @@ func appendFields(m *yaml.Node, v reflect.Value) error {
 		}
 		if strings.Contains(opts, "omitempty") && fv.IsZero() {
 			continue
-		}
-		if name == "" {
-			name = strings.ToLower(f.Name)
 		}
 		val, err := toNode(fv)
 		if err != nil {
