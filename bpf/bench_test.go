@@ -9,7 +9,9 @@ package bpf
 //     no rules (parses Ethernet/IP and looks the addresses up in hash maps).
 //
 // Each case reports ns/pkt (synguard) and the baselines' ns/pkt, plus the
-// ratios x-empty and x-xdpfilter. Run:
+// ratios x-empty and x-xdpfilter. The SYN and ACK cases also run floor: the
+// least that counting per source and per service can cost (see floorXDP),
+// reported as floor-ns/pkt and floor-x-xdpfilter. Run:
 //
 //	go test -run '^$' -bench . -count 6 ./bpf/
 //
@@ -79,11 +81,134 @@ func xdpFilter(b *testing.B) (*ebpf.Program, string) {
 	return nil, ""
 }
 
+// floorXDP builds the floor of SYN and ACK accounting: what counting per
+// source and per service needs at the very least, and nothing else. It
+// checks the frame is IPv4/TCP without IP options, looks the source up in
+// an LRU hash with synguard's 16-byte key (::ffff:a.b.c.d) and the service
+// up in a hash with synguard's 20-byte key (address, port, padding), and
+// atomically adds 1 to a u64 in each. No VLANs, IPv6, global counters,
+// clock, bans or suspects. Both entries must exist (see floor.prime).
+func floorXDP(b testing.TB) floorProg {
+	b.Helper()
+	sources, err := ebpf.NewMap(&ebpf.MapSpec{Name: "floor_sources", Type: ebpf.LRUHash,
+		KeySize: 16, ValueSize: 8, MaxEntries: DefaultMaxSources})
+	if err != nil {
+		b.Fatalf("floor sources map: %v", err)
+	}
+	b.Cleanup(func() { sources.Close() })
+	services, err := ebpf.NewMap(&ebpf.MapSpec{Name: "floor_services", Type: ebpf.LRUHash,
+		KeySize: 20, ValueSize: 8, MaxEntries: DefaultMaxServices})
+	if err != nil {
+		b.Fatalf("floor services map: %v", err)
+	}
+	b.Cleanup(func() { services.Close() })
+
+	const (
+		ethIPv4LE = 0x0008 // EtherType 0x0800 as a little-endian load sees it
+		mappedLE  = -65536 // bytes 00 00 ff ff (the ::ffff: prefix's last word)
+	)
+	// Frame offsets: Ethernet 14, IPv4 20 (protocol at 23, source at 26,
+	// destination at 30), TCP destination port at 36.
+	insns := asm.Instructions{
+		asm.LoadMem(asm.R6, asm.R1, 0, asm.Word), // data
+		asm.LoadMem(asm.R7, asm.R1, 4, asm.Word), // data_end
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 14+20+20),
+		asm.JGT.Reg(asm.R2, asm.R7, "pass"),
+		asm.LoadMem(asm.R2, asm.R6, 12, asm.Half),
+		asm.JNE.Imm(asm.R2, ethIPv4LE, "pass"),
+		asm.LoadMem(asm.R2, asm.R6, 14, asm.Byte),
+		asm.JNE.Imm(asm.R2, 0x45, "pass"),
+		asm.LoadMem(asm.R2, asm.R6, 23, asm.Byte),
+		asm.JNE.Imm(asm.R2, 6, "pass"),
+		// Source key at fp-16.
+		asm.StoreImm(asm.RFP, -16, 0, asm.Word),
+		asm.StoreImm(asm.RFP, -12, 0, asm.Word),
+		asm.StoreImm(asm.RFP, -8, mappedLE, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 26, asm.Word),
+		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+		// Service key at fp-40.
+		asm.StoreImm(asm.RFP, -40, 0, asm.Word),
+		asm.StoreImm(asm.RFP, -36, 0, asm.Word),
+		asm.StoreImm(asm.RFP, -32, mappedLE, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 30, asm.Word),
+		asm.StoreMem(asm.RFP, -28, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 36, asm.Half),
+		asm.StoreMem(asm.RFP, -24, asm.R2, asm.Half),
+		asm.StoreImm(asm.RFP, -22, 0, asm.Half),
+
+		asm.LoadMapPtr(asm.R1, sources.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -16),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+
+		asm.LoadMapPtr(asm.R1, services.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -40),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+
+		asm.Mov.Imm(asm.R0, int32(xdpPass)).WithSymbol("pass"),
+		asm.Return(),
+	}
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "floor_count", Type: ebpf.XDP,
+		License: "GPL", Instructions: insns})
+	if err != nil {
+		b.Fatalf("load floor program: %v", err)
+	}
+	b.Cleanup(func() { p.Close() })
+	return floorProg{prog: p, sources: sources, services: services}
+}
+
+// floorProg is the floor program with its two maps.
+type floorProg struct {
+	prog              *ebpf.Program
+	sources, services *ebpf.Map
+}
+
+// floorServiceKey is synguard's service key for dst.
+func floorServiceKey(dst netip.AddrPort) [20]byte {
+	var svc [20]byte
+	a := addrKey(dst.Addr())
+	copy(svc[:16], a[:])
+	binary.BigEndian.PutUint16(svc[16:], dst.Port())
+	return svc
+}
+
+// prime creates the entries a frame from src to dst counts into.
+func (f floorProg) prime(tb testing.TB, src, dst netip.AddrPort) {
+	tb.Helper()
+	if err := f.sources.Put(addrKey(src.Addr()), uint64(0)); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.services.Put(floorServiceKey(dst), uint64(0)); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// counts reads the two counters a primed frame from src to dst adds to.
+func (f floorProg) counts(tb testing.TB, src, dst netip.AddrPort) (source, service uint64) {
+	tb.Helper()
+	if err := f.sources.Lookup(addrKey(src.Addr()), &source); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.services.Lookup(floorServiceKey(dst), &service); err != nil {
+		tb.Fatal(err)
+	}
+	return source, service
+}
+
 // benchProgs are the programs measured side by side.
 type benchProgs struct {
 	d      *Datapath
 	empty  *ebpf.Program
 	filter *ebpf.Program // nil when xdp-filter is not installed
+	floor  *ebpf.Program // nil except in the accounting cases
 }
 
 // rounds of a repeated-frame measurement: programs alternate every round,
@@ -149,6 +274,9 @@ func (p benchProgs) list() []*ebpf.Program {
 	if p.filter != nil {
 		l = append(l, p.filter)
 	}
+	if p.floor != nil {
+		l = append(l, p.floor)
+	}
 	return l
 }
 
@@ -161,11 +289,21 @@ func (p benchProgs) report(b *testing.B, totals []time.Duration, n int) {
 	if empty > 0 {
 		b.ReportMetric(sg/empty, "x-empty")
 	}
-	if len(totals) > 2 {
-		filter := per(totals[2])
+	next := 2
+	filter := 0.0
+	if p.filter != nil {
+		filter = per(totals[next])
+		next++
 		b.ReportMetric(filter, "xdpfilter-ns/pkt")
 		if filter > 0 {
 			b.ReportMetric(sg/filter, "x-xdpfilter")
+		}
+	}
+	if p.floor != nil {
+		floor := per(totals[next])
+		b.ReportMetric(floor, "floor-ns/pkt")
+		if filter > 0 {
+			b.ReportMetric(floor/filter, "floor-x-xdpfilter")
 		}
 	}
 }
@@ -202,8 +340,12 @@ func BenchmarkXDP(b *testing.B) {
 		b.Fatal(err)
 	}
 
+	floor := floorXDP(b)
+	floor.prime(b, known, server)
+	withFloor := p
+	withFloor.floor = floor.prog
 	b.Run("syn-known-source", func(b *testing.B) {
-		p.measureRepeat(b, frame.TCP{Src: known, Dst: server, Flags: frame.FlagSYN, Options: true}.Build(), xdpPass)
+		withFloor.measureRepeat(b, frame.TCP{Src: known, Dst: server, Flags: frame.FlagSYN, Options: true}.Build(), xdpPass)
 	})
 	b.Run("syn-new-sources", func(b *testing.B) {
 		tmpl := frame.TCP{Src: known, Dst: server, Flags: frame.FlagSYN, Options: true}.Build()
@@ -216,8 +358,12 @@ func BenchmarkXDP(b *testing.B) {
 		})
 	})
 	b.Run("ack-known-source", func(b *testing.B) {
-		p.measureRepeat(b, frame.ACK(known, server), xdpPass)
+		withFloor.measureRepeat(b, frame.ACK(known, server), xdpPass)
 	})
+	// The floor must really have counted every frame, not missed.
+	if src, svc := floor.counts(b, known, server); src == 0 || src != svc {
+		b.Fatalf("floor program counted %d per source, %d per service: its lookups missed", src, svc)
+	}
 	b.Run("syn-banned-source", func(b *testing.B) {
 		p.measureRepeat(b, frame.TCP{Src: banned, Dst: server, Flags: frame.FlagSYN, Options: true}.Build(), xdpDrop)
 	})
@@ -237,6 +383,20 @@ func TestBenchBaselines(t *testing.T) {
 	defer empty.Close()
 	if ret, err := empty.Run(&ebpf.RunOptions{Data: frame.ARP()}); err != nil || xdpAction(ret) != xdpPass {
 		t.Errorf("empty program: %v %v", xdpAction(ret), err)
+	}
+
+	// The floor counts every IPv4 SYN and ACK once per source and once
+	// per service, in the entries prime made, and passes everything.
+	floor := floorXDP(t)
+	floor.prime(t, cli4, srv4)
+	for _, f := range [][]byte{frame.SYN(cli4, srv4), frame.ACK(cli4, srv4), frame.SYN(cli4, srv4),
+		frame.UDP(cli4, srv4), frame.SYN(cli6, srv6), frame.ARP()} {
+		if ret, err := floor.prog.Run(&ebpf.RunOptions{Data: f}); err != nil || xdpAction(ret) != xdpPass {
+			t.Errorf("floor: %v %v, want PASS", xdpAction(ret), err)
+		}
+	}
+	if src, svc := floor.counts(t, cli4, srv4); src != 3 || svc != 3 {
+		t.Errorf("floor counted %d per source and %d per service, want 3 and 3 (two SYNs, one ACK)", src, svc)
 	}
 	if _, err := os.Stat(xdpFilterObject); errors.Is(err, os.ErrNotExist) {
 		t.Skipf("%s not installed", xdpFilterObject)

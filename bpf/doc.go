@@ -48,6 +48,9 @@
 // time.Time values at the moment of the call, so a wall-clock step shifts
 // reported times but never a ban's kernel-side lifetime. CLOCK_MONOTONIC
 // stops during suspend: a ban's lifetime does not count time suspended.
+// The per-CPU ban cache also reads jiffies, but only to tell whether a
+// cached drop was decided in the current tick; no jiffies value leaves the
+// kernel.
 //
 // # Concurrency
 //

@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type synguardBanCacheEntry struct {
+	_    structs.HostLayout
+	Addr [2]uint64
+	Word uint64
+	Tick uint64
+}
+
 type synguardBanHits struct {
 	_         structs.HostLayout
 	Dropped   uint64
@@ -33,6 +40,7 @@ type synguardGlobalCounters struct {
 	WouldDrop    uint64
 	Allowlisted  uint64
 	SuspectsLost uint64
+	BanCacheTick uint64
 }
 
 type synguardLpmKey struct {
@@ -90,6 +98,7 @@ type synguardSourceStats struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	synguardMapAllowlist         = "allowlist"
+	synguardMapBanCache          = "ban_cache"
 	synguardMapBanCounters       = "ban_counters"
 	synguardMapBanExpiry         = "ban_expiry"
 	synguardMapBlocklist         = "blocklist"
@@ -156,6 +165,7 @@ type synguardProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type synguardMapSpecs struct {
 	Allowlist   *ebpf.MapSpec `ebpf:"allowlist"`
+	BanCache    *ebpf.MapSpec `ebpf:"ban_cache"`
 	BanCounters *ebpf.MapSpec `ebpf:"ban_counters"`
 	BanExpiry   *ebpf.MapSpec `ebpf:"ban_expiry"`
 	Blocklist   *ebpf.MapSpec `ebpf:"blocklist"`
@@ -198,6 +208,7 @@ func (o *synguardObjects) Close() error {
 // It can be passed to loadSynguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type synguardMaps struct {
 	Allowlist   *ebpf.Map `ebpf:"allowlist"`
+	BanCache    *ebpf.Map `ebpf:"ban_cache"`
 	BanCounters *ebpf.Map `ebpf:"ban_counters"`
 	BanExpiry   *ebpf.Map `ebpf:"ban_expiry"`
 	Blocklist   *ebpf.Map `ebpf:"blocklist"`
@@ -213,6 +224,7 @@ type synguardMaps struct {
 func (m *synguardMaps) Close() error {
 	return _SynguardClose(
 		m.Allowlist,
+		m.BanCache,
 		m.BanCounters,
 		m.BanExpiry,
 		m.Blocklist,
