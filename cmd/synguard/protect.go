@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -21,15 +23,20 @@ func init() {
 	register(newUnprotectCmd)
 }
 
+// sysctlRestoreFile, in the state dir, lists the sysctls protection changed
+// and must put back (synproxy.Options.SavedFile).
+const sysctlRestoreFile = "sysctl-restore.json"
+
 // protectionDeps builds the daemon's service protection from the
 // configuration: nftables SYNPROXY with kernel-cookie fallback when
 // protection.cookies is on, kernel cookies only when it is off.
-func protectionDeps(cfg *config.Config) (*daemon.ProtectionDeps, error) {
+func protectionDeps(cfg *config.Config, log *slog.Logger) (*daemon.ProtectionDeps, error) {
 	mode := synproxy.ModeAuto
 	if !cfg.Protection.Cookies {
 		mode = synproxy.ModeKernelCookies
 	}
-	m, err := synproxy.New(synproxy.Options{Mode: mode})
+	m, err := synproxy.New(synproxy.Options{Mode: mode, Log: log,
+		SavedFile: filepath.Join(cfg.StateDir, sysctlRestoreFile)})
 	if err != nil {
 		return nil, fmt.Errorf("config key protection.cookies: %w", err)
 	}

@@ -259,7 +259,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 	defer alerts.close()
 	metrics.SetAlertStats(alerts.stats)
 
-	prot, err := protectionDeps(cfg)
+	prot, err := protectionDeps(cfg, log)
 	if err != nil {
 		return usageError(err)
 	}

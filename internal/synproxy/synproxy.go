@@ -34,6 +34,13 @@
 // Enable reports which path it took; the caller (the daemon) must set the
 // XDP protection's Cookies flag to match (true only for PathSynproxy).
 //
+// The sysctls Enable changes are put back by the last Disable or Close. With
+// Options.SavedFile they are also written down before they are changed, so
+// that a daemon killed before it could put them back (SIGKILL, OOM, power
+// loss) finds them on its next start: New reads the file, and the next
+// Close or last Disable restores the values it holds. Restore does only
+// that, for `synguard cleanup`.
+//
 // Caveat of the synproxy path: enabling it starts conntrack in the
 // namespace. Packets of a connection to the service established before
 // conntrack ran are invalid when conntrack first sees them, and SYNPROXY
@@ -45,10 +52,14 @@ package synproxy
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -113,6 +124,13 @@ type Options struct {
 	Table string
 	// Run runs nft and sysctl; nil runs them in the caller's namespace.
 	Run Runner
+	// SavedFile records the sysctl values to put back (JSON object, key to
+	// value) for a later process when this one dies before restoring them;
+	// see the package doc. Empty: kept in memory only.
+	SavedFile string
+	// Log receives what cannot be returned: a SavedFile that could not be
+	// read or written. nil: slog.Default().
+	Log *slog.Logger
 }
 
 // Result says what Enable did.
@@ -130,7 +148,8 @@ type Manager struct {
 
 	mu       sync.Mutex
 	services map[netip.AddrPort]Path
-	// saved holds sysctl values to restore when the last service goes.
+	// saved holds sysctl values to restore when the last service goes,
+	// mirrored in opts.SavedFile.
 	saved map[string]string
 }
 
@@ -161,7 +180,100 @@ func New(opts Options) (*Manager, error) {
 	if opts.Run == nil {
 		opts.Run = runLocal
 	}
-	return &Manager{opts: opts, services: map[netip.AddrPort]Path{}, saved: map[string]string{}}, nil
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	m := &Manager{opts: opts, services: map[netip.AddrPort]Path{}, saved: map[string]string{}}
+	m.loadSaved()
+	return m, nil
+}
+
+// restorable are the sysctls a Manager changes, so the only keys a
+// SavedFile may hold.
+var restorable = []string{sysctlSyncookies, sysctlLoose}
+
+// loadSaved takes over the values a previous process recorded and did not
+// restore. A file it cannot parse is moved aside (".bad") and logged: the
+// values are lost, but protection must not be.
+func (m *Manager) loadSaved() {
+	path := m.opts.SavedFile
+	if path == "" {
+		return
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		m.opts.Log.Error("sysctl values a previous run left to restore cannot be read", "file", path, "err", err)
+		return
+	}
+	var saved map[string]string
+	err = json.Unmarshal(data, &saved)
+	for k, v := range saved {
+		if err != nil {
+			break
+		}
+		if !slices.Contains(restorable, k) {
+			err = fmt.Errorf("unknown sysctl %q", k)
+		} else if _, perr := strconv.ParseUint(v, 10, 32); perr != nil {
+			err = fmt.Errorf("%s: value %q is not a number", k, v)
+		}
+	}
+	if err != nil {
+		bad := path + ".bad"
+		if rerr := os.Rename(path, bad); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		m.opts.Log.Error("sysctl values a previous run left to restore are unreadable; check "+
+			strings.Join(restorable, " and ")+" by hand", "file", path, "moved_to", bad, "err", err)
+		return
+	}
+	if saved == nil { // the file said null
+		saved = map[string]string{}
+	}
+	m.saved = saved
+	if len(saved) > 0 {
+		m.opts.Log.Warn("a previous run left sysctls changed; they are restored when protection ends", "file", path, "values", saved)
+	}
+}
+
+// storeSavedLocked writes m.saved to SavedFile (atomically: a crash leaves
+// the old or the new file), or removes the file when nothing is left to
+// restore.
+func (m *Manager) storeSavedLocked() error {
+	path := m.opts.SavedFile
+	if path == "" {
+		return nil
+	}
+	if len(m.saved) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	data, err := json.Marshal(m.saved)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(data, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 func runLocal(ctx context.Context, stdin string, name string, args ...string) ([]byte, error) {
@@ -264,6 +376,12 @@ func (m *Manager) Close(ctx context.Context) error {
 	return errors.Join(err, m.restoreLocked(ctx))
 }
 
+// Tables are the nftables tables (family inet) a Manager creates: the
+// SYNPROXY rules and Prepare's conntrack table.
+func (m *Manager) Tables() []string { return []string{m.opts.Table, m.ctTable()} }
+
+func (m *Manager) ctTable() string { return m.opts.Table + "_ct" }
+
 // Enabled lists the enabled services and their paths.
 func (m *Manager) Enabled() map[netip.AddrPort]Path {
 	m.mu.Lock()
@@ -280,7 +398,7 @@ func (m *Manager) Enabled() map[netip.AddrPort]Path {
 // their start and survive a later Enable; see the package doc. Close does
 // not remove it; Unprepare does.
 func (m *Manager) Prepare(ctx context.Context) error {
-	t := m.opts.Table + "_ct"
+	t := m.ctTable()
 	script := fmt.Sprintf("table inet %[1]s\ndelete table inet %[1]s\ntable inet %[1]s {\n"+
 		"\tchain pre {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tct state established accept\n\t}\n}\n", t)
 	if _, err := m.opts.Run(ctx, script, "nft", "-f", "-"); err != nil {
@@ -291,7 +409,7 @@ func (m *Manager) Prepare(ctx context.Context) error {
 
 // Unprepare removes Prepare's table.
 func (m *Manager) Unprepare(ctx context.Context) error {
-	t := m.opts.Table + "_ct"
+	t := m.ctTable()
 	if _, err := m.opts.Run(ctx, fmt.Sprintf("table inet %[1]s\ndelete table inet %[1]s\n", t), "nft", "-f", "-"); err != nil {
 		return fmt.Errorf("synproxy unprepare: %w", err)
 	}
@@ -406,11 +524,19 @@ func (m *Manager) ensureSysctl(ctx context.Context, key, want string, ok func(st
 	if ok(cur) {
 		return cur, nil
 	}
+	if _, saved := m.saved[key]; !saved {
+		// Written down before the change, so a crash in between leaves a
+		// value to restore that is merely still current.
+		m.saved[key] = cur
+		if err := m.storeSavedLocked(); err != nil {
+			// Protection comes first: change it anyway, and say that a
+			// crash would leave it changed.
+			m.opts.Log.Error("sysctl value to restore not recorded: if synguard dies before protection ends, restore it by hand",
+				"file", m.opts.SavedFile, "sysctl", key, "value", cur, "err", err)
+		}
+	}
 	if _, err := m.opts.Run(ctx, "", "sysctl", "-qw", key+"="+want); err != nil {
 		return cur, fmt.Errorf("set %s=%s: %w", key, want, err)
-	}
-	if _, saved := m.saved[key]; !saved {
-		m.saved[key] = cur
 	}
 	return cur, nil
 }
@@ -424,15 +550,37 @@ func (m *Manager) restoreOne(ctx context.Context, key string) error {
 		return fmt.Errorf("restore %s=%s: %w", key, old, err)
 	}
 	delete(m.saved, key)
+	if err := m.storeSavedLocked(); err != nil {
+		// Harmless: the next start would restore the same value again.
+		m.opts.Log.Warn("sysctl restored, but the file of values to restore still lists it",
+			"file", m.opts.SavedFile, "sysctl", key, "value", old, "err", err)
+	}
 	return nil
 }
 
 func (m *Manager) restoreLocked(ctx context.Context) error {
 	var errs []error
-	for _, k := range []string{sysctlSyncookies, sysctlLoose} {
+	for _, k := range restorable {
 		errs = append(errs, m.restoreOne(ctx, k))
 	}
 	return errors.Join(errs...)
+}
+
+// Restore puts back every sysctl value this Manager (or, through
+// SavedFile, a process before it) changed and returns them, key to value.
+// It leaves nftables alone: for cleaning up after a daemon that is gone.
+func (m *Manager) Restore(ctx context.Context) (map[string]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	restored := map[string]string{}
+	for k, v := range m.saved {
+		restored[k] = v
+	}
+	err := m.restoreLocked(ctx)
+	for k := range m.saved {
+		delete(restored, k)
+	}
+	return restored, err
 }
 
 func firstLine(s string) string {
