@@ -113,53 +113,40 @@ func TestBanCacheNeverOutlivesBan(t *testing.T) {
 	}
 	latest := time.Duration(kernelNow()) + ttl
 
+	cpus := min(2, runtime.NumCPU())
 	var drops, passes [2]int
-	var wait = make(chan struct{}, 2)
-	for cpu := 0; cpu < 2 && cpu < runtime.NumCPU(); cpu++ {
-		go func(cpu int) {
-			defer func() { wait <- struct{}{} }()
-			runtime.LockOSThread()
-			var set unix.CPUSet
-			set.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				t.Errorf("pin to cpu %d: %v", cpu, err)
+	onEachCPU(t, cpus, func(cpu int) {
+		for {
+			start := time.Duration(kernelNow())
+			if start > latest+ttl {
 				return
 			}
-			for {
-				start := time.Duration(kernelNow())
-				if start > latest+ttl {
-					return
-				}
-				ret, err := d.program().Run(&ebpf.RunOptions{Data: synFrame, Repeat: 50})
-				end := time.Duration(kernelNow())
-				if err != nil {
-					t.Errorf("cpu %d: %v", cpu, err)
-					return
-				}
-				switch xdpAction(ret) {
-				case xdpDrop:
-					drops[cpu]++
-					if start > latest+slack {
-						t.Errorf("cpu %d: dropped %v after the ban expired", cpu, start-latest)
-						return
-					}
-				case xdpPass:
-					passes[cpu]++
-					if end < earliest {
-						t.Errorf("cpu %d: passed %v before the ban expired", cpu, earliest-end)
-						return
-					}
-				default:
-					t.Errorf("cpu %d: %v", cpu, xdpAction(ret))
-					return
-				}
+			ret, err := d.program().Run(&ebpf.RunOptions{Data: synFrame, Repeat: 50})
+			end := time.Duration(kernelNow())
+			if err != nil {
+				t.Errorf("cpu %d: %v", cpu, err)
+				return
 			}
-		}(cpu)
-	}
-	for cpu := 0; cpu < 2 && cpu < runtime.NumCPU(); cpu++ {
-		<-wait
-	}
-	for cpu := 0; cpu < 2 && cpu < runtime.NumCPU(); cpu++ {
+			switch xdpAction(ret) {
+			case xdpDrop:
+				drops[cpu]++
+				if start > latest+slack {
+					t.Errorf("cpu %d: dropped %v after the ban expired", cpu, start-latest)
+					return
+				}
+			case xdpPass:
+				passes[cpu]++
+				if end < earliest {
+					t.Errorf("cpu %d: passed %v before the ban expired", cpu, earliest-end)
+					return
+				}
+			default:
+				t.Errorf("cpu %d: %v", cpu, xdpAction(ret))
+				return
+			}
+		}
+	})
+	for cpu := 0; cpu < cpus; cpu++ {
 		if drops[cpu] == 0 || passes[cpu] == 0 {
 			t.Errorf("cpu %d: %d drops, %d passes: want both (the run spans the expiry)", cpu, drops[cpu], passes[cpu])
 		}

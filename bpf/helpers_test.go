@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // requireRoot skips tb unless it runs as root: loading BPF programs needs
@@ -187,4 +190,27 @@ func testPinDir(tb testing.TB) string {
 		}
 	})
 	return dir
+}
+
+// onEachCPU runs f(cpu) at once for CPUs 0..n-1, each on a thread pinned to
+// that CPU, and waits for all of them. The threads die with their
+// goroutines, affinity and all. f reports failures with t.Errorf.
+func onEachCPU(t *testing.T, n int, f func(cpu int)) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for cpu := 0; cpu < n; cpu++ {
+		wg.Add(1)
+		go func(cpu int) {
+			defer wg.Done()
+			runtime.LockOSThread()
+			var set unix.CPUSet
+			set.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &set); err != nil {
+				t.Errorf("pin to cpu %d: %v", cpu, err)
+				return
+			}
+			f(cpu)
+		}(cpu)
+	}
+	wg.Wait()
 }

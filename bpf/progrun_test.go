@@ -6,13 +6,11 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/gopacket/layers"
-	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/internal/frame"
 )
@@ -701,26 +699,12 @@ func TestConcurrentCounting(t *testing.T) {
 	defer r.Close()
 	const perCPU = 200000
 	synFrame := frame.SYN(cli4, srv4)
-	var wg sync.WaitGroup
-	for cpu := 0; cpu < 2; cpu++ {
-		wg.Add(1)
-		go func(cpu int) {
-			defer wg.Done()
-			// The thread dies with the goroutine, affinity and all.
-			runtime.LockOSThread()
-			var set unix.CPUSet
-			set.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				t.Errorf("pin to cpu %d: %v", cpu, err)
-				return
-			}
-			ret, err := d.program().Run(&ebpf.RunOptions{Data: synFrame, Repeat: perCPU})
-			if err != nil || xdpAction(ret) != xdpPass {
-				t.Errorf("cpu %d: %v %v", cpu, xdpAction(ret), err)
-			}
-		}(cpu)
-	}
-	wg.Wait()
+	onEachCPU(t, 2, func(cpu int) {
+		ret, err := d.program().Run(&ebpf.RunOptions{Data: synFrame, Repeat: perCPU})
+		if err != nil || xdpAction(ret) != xdpPass {
+			t.Errorf("cpu %d: %v %v", cpu, xdpAction(ret), err)
+		}
+	})
 	s, ok, err := d.Source(cli4.Addr())
 	if err != nil || !ok || s.SYN != 2*perCPU {
 		t.Errorf("source SYN %d (ok=%v err=%v), want exactly %d", s.SYN, ok, err, 2*perCPU)

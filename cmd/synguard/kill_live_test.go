@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/synguard/synguard/bpf"
 	"github.com/synguard/synguard/internal/synproxy"
 	"github.com/synguard/synguard/internal/testbed"
 )
@@ -32,18 +31,8 @@ const (
 // protection ends, and `synguard cleanup` must undo it without a daemon.
 func TestKilledDaemonsProtectionIsUndone(t *testing.T) {
 	testbed.RequireRoot(t)
-	cleanPins := func() {
-		dirs, _ := filepath.Glob(killPinGlob)
-		for _, d := range dirs {
-			subs, _ := filepath.Glob(filepath.Join(d, "*"))
-			for _, sub := range subs {
-				bpf.Remove(sub)
-			}
-			os.Remove(d)
-		}
-	}
-	cleanPins()
-	t.Cleanup(cleanPins)
+	removePinDirs(killPinGlob)
+	t.Cleanup(func() { removePinDirs(killPinGlob) })
 	bed, err := testbed.New(t, testbed.Config{Prefix: killPrefix, Subnet: killSubnet, Hosts: []string{"cli"}})
 	if err != nil {
 		t.Fatal(err)

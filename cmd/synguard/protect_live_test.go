@@ -29,8 +29,12 @@ const (
 	pwPinGlob = "/sys/fs/bpf/synguard-test-pw-*"
 )
 
-func cleanPWPins() {
-	dirs, _ := filepath.Glob(pwPinGlob)
+func cleanPWPins() { removePinDirs(pwPinGlob) }
+
+// removePinDirs detaches and removes every per-interface pin directory
+// under the bpffs directories glob matches, then those directories.
+func removePinDirs(glob string) {
+	dirs, _ := filepath.Glob(glob)
 	for _, d := range dirs {
 		subs, _ := filepath.Glob(filepath.Join(d, "*"))
 		for _, s := range subs {
