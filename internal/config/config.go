@@ -47,7 +47,8 @@ type Config struct {
 	Socket string `yaml:"socket"`
 	// SocketGroup may read and change state through the socket besides root.
 	SocketGroup string `yaml:"socket_group"`
-	// StateDir keeps ban reasons, escalation history and detector state.
+	// StateDir keeps ban reasons, escalation history, detector state, manual
+	// protections and the sysctl values protection must put back.
 	StateDir string `yaml:"state_dir"`
 	// BPFFS is the bpffs directory for pinned maps and links, one
 	// subdirectory per interface.
