@@ -126,6 +126,11 @@ func describe(e Event) view {
 	rate := fmt.Sprintf("%s SYN/s (peak %s), %s half-open, %s SYN vs %s ACK so far",
 		group(uint64(in.SYNPerSecond+0.5)), group(uint64(in.PeakSYNPerSecond+0.5)),
 		percent(in.HalfOpenShare), group(in.SYN), group(in.ACK))
+	if in.Dropped > 0 {
+		// Banned: its SYN figures froze at the ban; the drops are live.
+		rate += fmt.Sprintf("; %s dropped under its bans (%s/s now)",
+			group(in.Dropped), group(uint64(in.DroppedPerSecond+0.5)))
+	}
 	headlineBy := from
 	if i := strings.Index(headlineBy, " (top:"); i > 0 {
 		headlineBy = headlineBy[:i]

@@ -38,3 +38,18 @@ func TestDescribe(t *testing.T) {
 		}
 	}
 }
+
+// A banned source's SYN figures freeze at the ban; the rate line then also
+// says how much its bans drop, so on-call can tell it is still flooding.
+func TestRateOfABannedSource(t *testing.T) {
+	in := sourceIncident("inc-3", detector.StageUpdated, detector.SeverityWarning)
+	want := "12,400 SYN/s (peak 15,020), 97% half-open, 372,000 SYN vs 12 ACK so far"
+	if got := describe(event(in, ModeEnforce)).Rate; got != want {
+		t.Errorf("rate before drops = %q\nwant %q", got, want)
+	}
+	in.Dropped, in.DroppedPerSecond = 2_400_000, 47_999.6
+	want += "; 2,400,000 dropped under its bans (48,000/s now)"
+	if got := describe(event(in, ModeEnforce)).Rate; got != want {
+		t.Errorf("rate while banned = %q\nwant %q", got, want)
+	}
+}

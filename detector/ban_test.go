@@ -102,6 +102,45 @@ func TestBanRenewedWhileSendingLiftedAfterGrace(t *testing.T) {
 	}
 }
 
+// Once banned, a source's packets are dropped before they are counted, so
+// its SYN figures stop moving; the incident's drop rate, from the kernel's
+// per-ban counters, says how hard it still pushes, and falls to 0 when it
+// stops.
+func TestBannedIncidentReportsDropRate(t *testing.T) {
+	s := newSim(t, banConfig(), Options{Enforce: true})
+	a := addr("203.0.113.1")
+	sourceIncident := func() Incident {
+		t.Helper()
+		for _, inc := range s.d.Open() {
+			if inc.Kind == KindSource && inc.Source == a {
+				return inc
+			}
+		}
+		t.Fatalf("no open incident for %s", a)
+		return Incident{}
+	}
+	run(s, 0, 10, func(int) bool { return true }, a)
+	if len(bansOf(s)) == 0 {
+		t.Fatal("never banned")
+	}
+	// 300 SYN/s and 2 s ticks: 600 drops per tick.
+	for range 3 {
+		s.send(a, web, 600, 0)
+		s.tick(2 * time.Second)
+	}
+	inc := sourceIncident()
+	if inc.DroppedPerSecond != 300 {
+		t.Errorf("dropped_per_second %v while banned and flooding at 300/s, want 300", inc.DroppedPerSecond)
+	}
+	if inc.Dropped < 3*600 {
+		t.Errorf("dropped %d, want at least %d", inc.Dropped, 3*600)
+	}
+	s.tick(time.Second)
+	if inc := sourceIncident(); inc.DroppedPerSecond != 0 {
+		t.Errorf("dropped_per_second %v after the source went quiet, want 0", inc.DroppedPerSecond)
+	}
+}
+
 func TestBanEscalatesForRepeatOffenders(t *testing.T) {
 	cfg := banConfig()
 	cfg.BanGrace = 0

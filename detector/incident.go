@@ -101,6 +101,11 @@ type Incident struct {
 	// bans (not counted in SYN and ACK: the data plane drops them before
 	// counting).
 	Dropped uint64 `json:"dropped"`
+	// DroppedPerSecond is how fast the kernel dropped packets under this
+	// incident's bans over the last snapshot interval: once a source is
+	// banned its SYN figures stop moving (dropped packets are not counted
+	// per source), and this says whether it is still pushing.
+	DroppedPerSecond float64 `json:"dropped_per_second,omitempty"`
 	// SYNPerSecond and HalfOpenShare are the smoothed figures that fired or
 	// last updated the incident.
 	SYNPerSecond  float64 `json:"syn_per_second"`

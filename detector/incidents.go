@@ -18,6 +18,7 @@ type incident struct {
 	src        int32 // source index (KindSource)
 	kernAtOpen KernelCounters
 	lastUpdate int64
+	droppedNow uint64 // drops under its bans in the current snapshot
 }
 
 // copy returns the incident as a value that shares nothing mutable.

@@ -255,10 +255,10 @@ func printIncidents(w io.Writer, ins []detector.Incident, title string) {
 	}
 	fmt.Fprintf(w, "%s:\n", title)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTAGE\tSEVERITY\tKIND\tADDR\tSYN/s\tHALF-OPEN\tOPENED\tREASON")
+	fmt.Fprintln(tw, "ID\tSTAGE\tSEVERITY\tKIND\tADDR\tSYN/s\tHALF-OPEN\tDROPPED/s\tOPENED\tREASON")
 	for _, in := range ins {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f\t%.0f%%\t%s\t%s\n", in.ID, in.Stage, in.Severity, in.Kind, in.Addr, in.SYNPerSecond,
-			100*in.HalfOpenShare, in.OpenedAt.Local().Format("15:04:05"), in.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f\t%.0f%%\t%.0f\t%s\t%s\n", in.ID, in.Stage, in.Severity, in.Kind, in.Addr, in.SYNPerSecond,
+			100*in.HalfOpenShare, in.DroppedPerSecond, in.OpenedAt.Local().Format("15:04:05"), in.Reason)
 	}
 	tw.Flush()
 }

@@ -68,6 +68,9 @@ func printIncident(w io.Writer, in detector.Incident) {
 		fmt.Fprintf(w, ", resolved %s", in.ResolvedAt.Local().Format(time.RFC3339))
 	}
 	fmt.Fprintf(w, "\n  %d SYN, %d ACK; %.0f SYN/s (peak %.0f), %.0f%% half-open\n", in.SYN, in.ACK, in.SYNPerSecond, in.PeakSYNPerSecond, 100*in.HalfOpenShare)
+	if in.Dropped > 0 {
+		fmt.Fprintf(w, "  %d dropped under its bans, %.0f/s now\n", in.Dropped, in.DroppedPerSecond)
+	}
 	fmt.Fprintf(w, "  why: %s\n", in.Reason)
 	if in.Kernel.Summary != "" {
 		fmt.Fprintf(w, "  kernel: %s\n", in.Kernel.Summary)

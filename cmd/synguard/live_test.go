@@ -288,6 +288,10 @@ func TestDaemonLifecycle(t *testing.T) {
 		if r := e.cli(t, "incidents", "show", ins[0].ID); r.code != 0 || !strings.Contains(r.stdout, ins[0].ID) || !strings.Contains(r.stdout, "why:") {
 			t.Errorf("incidents show: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
+		// The flood went on after the ban: the incident counts its drops.
+		waitFor(t, 5*time.Second, "the incident reporting the drops under its ban", func() bool {
+			return strings.Contains(e.cli(t, "incidents", "show", ins[0].ID).stdout, "dropped under its bans")
+		})
 	} else {
 		t.Log("hping3 not installed: flood part skipped")
 	}
