@@ -167,23 +167,18 @@ func (d *Detector) lift(p netip.Prefix, out *Decisions) {
 
 // observeBanCounters reads the kernel's per-ban drop counters: drops mean
 // the banned prefix is still sending. dt is the snapshot interval in
-// seconds, for the incidents' drop rates (summed over each incident's bans,
-// without allocating: the daemon calls this every poll).
+// seconds, for the open incidents' drop rates (summed over each incident's
+// bans, without allocating: the daemon calls this every poll).
 func (d *Detector) observeBanCounters(s Snapshot, now int64, dt float64) {
-	incidentOf := func(bc BanCounters) (*ban, *incident) {
-		b := d.bans[bc.Prefix]
-		if b == nil {
-			return nil, nil
-		}
-		return b, d.byID[b.IncidentID]
-	}
-	for _, bc := range s.Bans {
-		if _, inc := incidentOf(bc); inc != nil {
+	// Every open incident starts at 0: one whose bans were lifted (or
+	// unblocked by hand) drops nothing any more.
+	for _, inc := range d.incs {
+		if inc != nil {
 			inc.droppedNow = 0
 		}
 	}
 	for _, bc := range s.Bans {
-		b, inc := incidentOf(bc)
+		b := d.bans[bc.Prefix]
 		if b == nil {
 			continue
 		}
@@ -191,14 +186,17 @@ func (d *Detector) observeBanCounters(s Snapshot, now int64, dt float64) {
 		if n > 0 {
 			b.lastActive = now
 		}
-		if inc != nil {
+		if inc := d.byID[b.IncidentID]; inc != nil {
 			inc.Dropped += n
 			inc.droppedNow += n
 		}
 		b.dropped = bc.Dropped
 	}
-	for _, bc := range s.Bans {
-		if _, inc := incidentOf(bc); inc != nil && dt > 0 {
+	if dt <= 0 {
+		return
+	}
+	for _, inc := range d.incs {
+		if inc != nil {
 			inc.DroppedPerSecond = float64(inc.droppedNow) / dt
 		}
 	}

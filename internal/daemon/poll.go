@@ -215,7 +215,11 @@ func (d *Daemon) Poll(now time.Time) {
 // changes no stage, so trackIncidentLocked never sees them; without this,
 // status would show a banned attacker as if it had stopped.
 func (d *Daemon) refreshDropsLocked() {
-	if len(d.st.Bans) == 0 {
+	dropping := len(d.st.Bans) > 0
+	for _, in := range d.open {
+		dropping = dropping || in.DroppedPerSecond != 0
+	}
+	if !dropping {
 		return
 	}
 	for _, in := range d.engine.Open() {
