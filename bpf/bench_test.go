@@ -85,23 +85,23 @@ func xdpFilter(b *testing.B) (*ebpf.Program, string) {
 // source and per service needs at the very least, and nothing else. It
 // checks the frame is IPv4/TCP without IP options, looks the source up in
 // an LRU hash with synguard's 16-byte key (::ffff:a.b.c.d) and the service
-// up in a hash with synguard's 20-byte key (address, port, padding), and
-// atomically adds 1 to a u64 in each. No VLANs, IPv6, global counters,
-// clock, bans or suspects. Both entries must exist (see floor.prime).
-func floorXDP(b testing.TB) floorProg {
-	b.Helper()
+// up in an LRU hash with synguard's 20-byte key (address, port, padding),
+// and atomically adds 1 to a u64 in each. No VLANs, IPv6, global counters,
+// clock, bans or suspects. Both entries must exist (see floorProg.prime).
+func floorXDP(tb testing.TB) floorProg {
+	tb.Helper()
 	sources, err := ebpf.NewMap(&ebpf.MapSpec{Name: "floor_sources", Type: ebpf.LRUHash,
 		KeySize: 16, ValueSize: 8, MaxEntries: DefaultMaxSources})
 	if err != nil {
-		b.Fatalf("floor sources map: %v", err)
+		tb.Fatalf("floor sources map: %v", err)
 	}
-	b.Cleanup(func() { sources.Close() })
+	tb.Cleanup(func() { sources.Close() })
 	services, err := ebpf.NewMap(&ebpf.MapSpec{Name: "floor_services", Type: ebpf.LRUHash,
 		KeySize: 20, ValueSize: 8, MaxEntries: DefaultMaxServices})
 	if err != nil {
-		b.Fatalf("floor services map: %v", err)
+		tb.Fatalf("floor services map: %v", err)
 	}
-	b.Cleanup(func() { services.Close() })
+	tb.Cleanup(func() { services.Close() })
 
 	const (
 		ethIPv4LE = 0x0008 // EtherType 0x0800 as a little-endian load sees it
@@ -159,9 +159,9 @@ func floorXDP(b testing.TB) floorProg {
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "floor_count", Type: ebpf.XDP,
 		License: "GPL", Instructions: insns})
 	if err != nil {
-		b.Fatalf("load floor program: %v", err)
+		tb.Fatalf("load floor program: %v", err)
 	}
-	b.Cleanup(func() { p.Close() })
+	tb.Cleanup(func() { p.Close() })
 	return floorProg{prog: p, sources: sources, services: services}
 }
 
