@@ -637,6 +637,32 @@ static __always_inline int cache_valid(__u64 w, __u32 gen, __u64 now)
  * source (an expired longer match is retried with a shorter prefix), then the
  * allowlist only when a ban matched.
  */
+/* host_key sets key to the source's host prefix (/32 or /128); key must
+ * be zeroed. */
+static __always_inline void host_key(const struct packet *p,
+				     struct lpm_key *key)
+{
+	if (p->v6) {
+		key->family = 6;
+		key->prefixlen = LPM_FAMILY_BITS + 128;
+		__builtin_memcpy(key->addr, p->src, 16);
+	} else {
+		key->family = 4;
+		key->prefixlen = LPM_FAMILY_BITS + 32;
+		__builtin_memcpy(key->addr, p->src + 12, 4);
+	}
+}
+
+/* allowlisted: the allowlist covers the source. (The ban stage looks it
+ * up only when a ban matched; protection must not drop it either.) */
+static __always_inline int allowlisted(const struct packet *p)
+{
+	struct lpm_key key = {};
+
+	host_key(p, &key);
+	return bpf_map_lookup_elem(&allowlist, &key) != 0;
+}
+
 static __always_inline __u64 lookup_verdict(const struct packet *p, __u32 gen,
 					    __u64 now)
 {
@@ -646,15 +672,7 @@ static __always_inline __u64 lookup_verdict(const struct packet *p, __u32 gen,
 	int found = 0;
 	int i;
 
-	if (p->v6) {
-		key.family = 6;
-		key.prefixlen = LPM_FAMILY_BITS + 128;
-		__builtin_memcpy(key.addr, p->src, 16);
-	} else {
-		key.family = 4;
-		key.prefixlen = LPM_FAMILY_BITS + 32;
-		__builtin_memcpy(key.addr, p->src + 12, 4);
-	}
+	host_key(p, &key);
 
 	for (i = 0; i < BAN_RETRIES; i++) {
 		ban = bpf_map_lookup_elem(&blocklist, &key);
@@ -672,10 +690,8 @@ static __always_inline __u64 lookup_verdict(const struct packet *p, __u32 gen,
 	if (!found)
 		return verdict_word(gen, VERDICT_PASS, 0);
 
-	key.prefixlen = p->v6 ? LPM_FAMILY_BITS + 128 : LPM_FAMILY_BITS + 32;
-	if (bpf_map_lookup_elem(&allowlist, &key))
-		return verdict_word(gen, VERDICT_ALLOW, slot);
-	return verdict_word(gen, VERDICT_BAN, slot);
+	return verdict_word(gen, allowlisted(p) ? VERDICT_ALLOW : VERDICT_BAN,
+			    slot);
 }
 
 /* ---- accounting ------------------------------------------------------- */
@@ -807,24 +823,6 @@ static __always_inline int is_verified(const struct packet *p, __u64 now)
 	/* Userspace stamps with the precise clock, which may be a tick
 	 * ahead of the coarse one. */
 	return t && (*t >= now || now - *t < verified_ttl_ns);
-}
-
-/* allowlisted: the allowlist covers the source. (The ban stage looks it
- * up only when a ban matched; protection must not drop it either.) */
-static __always_inline int allowlisted(const struct packet *p)
-{
-	struct lpm_key key = {};
-
-	if (p->v6) {
-		key.family = 6;
-		key.prefixlen = LPM_FAMILY_BITS + 128;
-		__builtin_memcpy(key.addr, p->src, 16);
-	} else {
-		key.family = 4;
-		key.prefixlen = LPM_FAMILY_BITS + 32;
-		__builtin_memcpy(key.addr, p->src + 12, 4);
-	}
-	return bpf_map_lookup_elem(&allowlist, &key) != 0;
 }
 
 /* within_budget takes one unverified SYN from the service's budget for the
