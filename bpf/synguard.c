@@ -632,11 +632,6 @@ static __always_inline int cache_valid(__u64 w, __u32 gen, __u64 now)
 	return v == VERDICT_PASS || ban_live(word_slot(w), now);
 }
 
-/*
- * lookup_verdict walks the prefix tables: the longest live ban covering the
- * source (an expired longer match is retried with a shorter prefix), then the
- * allowlist only when a ban matched.
- */
 /* host_key sets key to the source's host prefix (/32 or /128); key must
  * be zeroed. */
 static __always_inline void host_key(const struct packet *p,
@@ -663,6 +658,11 @@ static __always_inline int allowlisted(const struct packet *p)
 	return bpf_map_lookup_elem(&allowlist, &key) != 0;
 }
 
+/*
+ * lookup_verdict walks the prefix tables: the longest live ban covering the
+ * source (an expired longer match is retried with a shorter prefix), then the
+ * allowlist only when a ban matched.
+ */
 static __always_inline __u64 lookup_verdict(const struct packet *p, __u32 gen,
 					    __u64 now)
 {
