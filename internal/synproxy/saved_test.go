@@ -19,17 +19,21 @@ import (
 type fakeHost struct {
 	mu      sync.Mutex
 	sysctls map[string]string
+	nft     []string // nft scripts applied, in order
+	// readOnly makes every sysctl write fail (a sandbox without the right).
+	readOnly bool
 }
 
 func newFakeHost() *fakeHost {
 	return &fakeHost{sysctls: map[string]string{sysctlSyncookies: "0", sysctlLoose: "1"}}
 }
 
-func (h *fakeHost) run(_ context.Context, _ string, name string, args ...string) ([]byte, error) {
+func (h *fakeHost) run(_ context.Context, stdin string, name string, args ...string) ([]byte, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch {
 	case name == "nft":
+		h.nft = append(h.nft, stdin)
 		return nil, nil
 	case name == "sysctl" && len(args) == 2 && args[0] == "-n":
 		v, ok := h.sysctls[args[1]]
@@ -38,6 +42,9 @@ func (h *fakeHost) run(_ context.Context, _ string, name string, args ...string)
 		}
 		return []byte(v + "\n"), nil
 	case name == "sysctl" && len(args) == 2 && args[0] == "-qw":
+		if h.readOnly {
+			return nil, fmt.Errorf("sysctl: permission denied on key %q", args[1])
+		}
 		k, v, _ := strings.Cut(args[1], "=")
 		h.sysctls[k] = v
 		return nil, nil
@@ -191,4 +198,31 @@ func TestBadSavedFile(t *testing.T) {
 			t.Errorf("tcp_syncookies after Close: %s, want 0", host.get(sysctlSyncookies))
 		}
 	})
+}
+
+// When kernel cookies cannot be turned on, Enable fails without installing
+// SYNPROXY rules or registering the service, so a retry really retries.
+func TestEnableFailsCleanly(t *testing.T) {
+	host := newFakeHost()
+	host.readOnly = true
+	ctx := context.Background()
+	svc := netip.MustParseAddrPort("10.0.0.1:80")
+	m, err := New(Options{Run: host.run})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Enable(ctx, svc); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("enable with read-only sysctls: %v, want the sysctl error", err)
+	}
+	if len(host.nft) != 0 {
+		t.Errorf("nft scripts applied by a failed enable: %q", host.nft)
+	}
+	host.readOnly = false
+	res, err := m.Enable(ctx, svc)
+	if err != nil || res.Path != PathSynproxy || res.Reason == "already enabled" {
+		t.Errorf("retry: %+v %v, want a real synproxy enable", res, err)
+	}
+	if host.get(sysctlSyncookies) != "1" {
+		t.Errorf("tcp_syncookies %s after the retry, want 1", host.get(sysctlSyncookies))
+	}
 }

@@ -307,14 +307,16 @@ func (m *Manager) Enable(ctx context.Context, svc netip.AddrPort) (Result, error
 	if p, ok := m.services[svc]; ok {
 		return Result{Path: p, Reason: "already enabled"}, nil
 	}
+	// Both paths need kernel cookies (see the package doc): turn them on
+	// first, so a failure leaves nothing registered or installed.
+	was, err := m.ensureSysctl(ctx, sysctlSyncookies, "1", func(v string) bool { return v != "0" })
+	if err != nil {
+		return Result{}, fmt.Errorf("synproxy enable %v: %w", svc, err)
+	}
 	var nftErr error
 	if m.opts.Mode == ModeAuto {
 		m.services[svc] = PathSynproxy
 		if nftErr = m.applySynproxy(ctx); nftErr == nil {
-			was, err := m.ensureSysctl(ctx, sysctlSyncookies, "1", func(v string) bool { return v != "0" })
-			if err != nil {
-				return Result{Path: PathSynproxy}, fmt.Errorf("synproxy enable %v: %w", svc, err)
-			}
 			return Result{Path: PathSynproxy, Reason: fmt.Sprintf("nftables table inet %s: SYNs to %v notrack, synproxy mss %d/%d wscale %d (timestamps %v); kernel syn cookies %s",
 				m.opts.Table, svc, m.opts.MSS4, m.opts.MSS6, m.opts.WScale, m.opts.Timestamps, cookieState(was))}, nil
 		}
@@ -323,10 +325,6 @@ func (m *Manager) Enable(ctx context.Context, svc netip.AddrPort) (Result, error
 		if err := m.applySynproxy(ctx); err != nil {
 			nftErr = errors.Join(nftErr, err)
 		}
-	}
-	was, err := m.ensureSysctl(ctx, sysctlSyncookies, "1", func(v string) bool { return v != "0" })
-	if err != nil {
-		return Result{}, fmt.Errorf("synproxy enable %v: fallback to kernel syn cookies: %w (nft: %v)", svc, err, nftErr)
 	}
 	m.services[svc] = PathKernelCookies
 	why := "mode kernel-cookies"
@@ -381,17 +379,6 @@ func (m *Manager) Close(ctx context.Context) error {
 func (m *Manager) Tables() []string { return []string{m.opts.Table, m.ctTable()} }
 
 func (m *Manager) ctTable() string { return m.opts.Table + "_ct" }
-
-// Enabled lists the enabled services and their paths.
-func (m *Manager) Enabled() map[netip.AddrPort]Path {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make(map[netip.AddrPort]Path, len(m.services))
-	for k, v := range m.services {
-		out[k] = v
-	}
-	return out
-}
 
 // Prepare starts conntrack in the namespace (a table <Table>_ct with one
 // conntrack rule that accepts everything), so connections are tracked from
