@@ -7,8 +7,6 @@ BINDIR    ?= $(PREFIX)/bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 FUZZTIME  ?= 20s
-# Packages whose tests need root get -p 1 so that live network-namespace tests
-# never race each other for the same names.
 GOTESTFLAGS ?= -count=1 -timeout 20m
 
 .PHONY: help
@@ -27,6 +25,8 @@ check-generate: generate ## Fail when the committed bpf2go output is stale.
 build: ## Build ./synguard.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o synguard ./cmd/synguard
 
+# -p 1: one package at a time, so live network-namespace tests never race
+# each other for the same names.
 .PHONY: test
 test: ## Run every test tier (privileged tiers skip with a reason when not root).
 	$(GO) vet ./...
@@ -53,9 +53,8 @@ bench-resources: ## Daemon CPU during a 100k SYN/s random-source flood, RSS with
 	GO=$(GO) bench/resources.sh
 
 .PHONY: lint
-lint: ## gofmt, go vet and clang-format checks.
+lint: ## gofmt and clang-format checks (make test runs go vet).
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed" >&2; exit 1; }
-	$(GO) vet ./...
 	clang-format --dry-run --Werror bpf/*.c bpf/*.h 2>/dev/null || clang-format --dry-run --Werror bpf/*.c
 
 .PHONY: clean

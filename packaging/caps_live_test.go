@@ -421,9 +421,6 @@ func TestCapabilitiesDaemon(t *testing.T) {
 	requireTool(t, "hping3", "hping3")
 	caps := unitCapabilities(t)
 	bin := synguardBinary(t)
-	if _, err := runErr("", nil, bin, "run", "--help"); err != nil {
-		t.Skip("`synguard run` (owner DAEMON) does not exist yet")
-	}
 	dir := t.TempDir()
 	e := &daemonEnv{bed: bed, bin: bin, cfg: filepath.Join(dir, "synguard.yaml"), sock: filepath.Join(dir, "synguard.sock"),
 		bpffs: pin, notify: newNotifier(t), caps: caps, metricsAddr: "127.0.0.1:19740", stateDir: filepath.Join(dir, "state")}

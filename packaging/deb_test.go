@@ -215,7 +215,6 @@ func TestDebInstallUpgradePurge(t *testing.T) {
 	requireTool(t, "dpkg-deb", "dpkg")
 	start := time.Now()
 	src := copyRepo(t)
-	requireDefaultConfig(t, src)
 	tarball := bookwormRootfs(t)
 
 	deb1 := buildDeb(t, src, "v0.1.0")

@@ -150,28 +150,11 @@ func copyRepo(t *testing.T) string {
 	return dst
 }
 
-// makeArgs returns the make arguments that load the packaging targets:
-// nothing extra once the top Makefile includes packaging/packaging.mk.
+// makeArgs returns the make arguments that run args in dir (the top
+// Makefile includes packaging/packaging.mk).
 func makeArgs(t *testing.T, dir string, args ...string) []string {
 	t.Helper()
-	mk, err := os.ReadFile(filepath.Join(dir, "Makefile"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := []string{"-C", dir}
-	if !bytes.Contains(mk, []byte("packaging/packaging.mk")) {
-		base = append(base, "-f", "Makefile", "-f", "packaging/packaging.mk")
-	}
-	return append(base, args...)
-}
-
-// requireDefaultConfig skips until DAEMON's commented default config exists:
-// every install path ships it.
-func requireDefaultConfig(t *testing.T, root string) {
-	t.Helper()
-	if _, err := os.Stat(filepath.Join(root, "systemd", "synguard.yaml")); err != nil {
-		t.Skipf("systemd/synguard.yaml (owner DAEMON) does not exist yet: %v", err)
-	}
+	return append([]string{"-C", dir}, args...)
 }
 
 // listFiles returns every non-directory path under root, relative to it.

@@ -24,7 +24,6 @@ var installedFiles = []string{
 func TestMakeInstallUninstall(t *testing.T) {
 	requireTool(t, "make", "make")
 	src := copyRepo(t)
-	requireDefaultConfig(t, src)
 	dest := t.TempDir()
 	mk := func(args ...string) string {
 		t.Helper()
@@ -100,7 +99,6 @@ func TestMakeInstallUninstall(t *testing.T) {
 func TestMakeInstallPrefix(t *testing.T) {
 	requireTool(t, "make", "make")
 	src := copyRepo(t)
-	requireDefaultConfig(t, src)
 	dest := t.TempDir()
 	run(t, "", nil, "make", makeArgs(t, src, "install", "DESTDIR="+dest, "PREFIX=/usr/local")...)
 	files := listFiles(t, dest)

@@ -107,9 +107,6 @@ func TestUnitVerify(t *testing.T) {
 	}
 
 	t.Run("documentation", func(t *testing.T) {
-		if _, err := runErr("", nil, bin, "run", "--help"); err != nil {
-			t.Skip("`synguard run` (owner DAEMON) does not exist yet, so man:synguard-run(1) cannot be generated")
-		}
 		requireTool(t, "man", "man-db")
 		mandir := t.TempDir()
 		run(t, "", nil, bin, "gendocs", "--man", filepath.Join(mandir, "man1"))

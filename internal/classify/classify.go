@@ -49,6 +49,7 @@ package classify
 import (
 	"encoding/binary"
 	"net/netip"
+	"strconv"
 	"sync"
 
 	"github.com/google/gopacket"
@@ -82,14 +83,7 @@ func (k Kind) String() string {
 	if int(k) < NumKinds {
 		return kindNames[k]
 	}
-	return "kind(" + itoa(int(k)) + ")"
-}
-
-func itoa(i int) string {
-	if i < 10 {
-		return string(rune('0' + i))
-	}
-	return itoa(i/10) + string(rune('0'+i%10))
+	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
 
 // IsTCP reports whether the frame carried a complete TCP header, so that Dst

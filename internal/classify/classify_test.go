@@ -256,7 +256,8 @@ func TestCounted(t *testing.T) {
 		if r.Counted() != wantSrc || r.CountsService() != wantSvc {
 			t.Errorf("%v: Counted %v CountsService %v", k, r.Counted(), r.CountsService())
 		}
-		if k.IsTCP() != (k >= SYN) {
+		wantTCP := k == SYN || k == SYNACK || k == ACK || k == RST || k == TCPOther
+		if k.IsTCP() != wantTCP {
 			t.Errorf("%v: IsTCP %v", k, k.IsTCP())
 		}
 	}

@@ -200,11 +200,6 @@ func TestFloodEndToEnd(t *testing.T) {
 		t.Fatalf("bans after the flood: %+v, want exactly %s (a legitimate client banned?)", bans, atkPrefix)
 	}
 	ban := bans[0]
-	for _, b := range bans {
-		if b.Prefix.Contains(cli.Addr4) {
-			t.Errorf("legitimate client %s banned by %+v", cli.Addr4, b)
-		}
-	}
 	if exCli.Verdict == api.StateBanned || exCli.Ban != nil {
 		t.Errorf("explain %s (legitimate): verdict %s, ban %+v", cli.Addr4, exCli.Verdict, exCli.Ban)
 	}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
@@ -303,7 +304,7 @@ func serialize(srcMAC, dstMAC net.HardwareAddr, vlans []uint16, tpids []layers.E
 		ls = append(ls, v4)
 	} else {
 		ext := l3.ext
-		if (l3.fragOff != 0 || l3.mf) && !contains(ext, layers.IPProtocolIPv6Fragment) {
+		if (l3.fragOff != 0 || l3.mf) && !slices.Contains(ext, layers.IPProtocolIPv6Fragment) {
 			ext = append(append([]layers.IPProtocol(nil), ext...), layers.IPProtocolIPv6Fragment)
 		}
 		next := l3.proto
@@ -332,15 +333,6 @@ func serialize(srcMAC, dstMAC net.HardwareAddr, vlans []uint16, tpids []layers.E
 		return nil, fmt.Errorf("serialize %v -> %v: %w", l3.src, l3.dst, err)
 	}
 	return buf.Bytes(), nil
-}
-
-func contains(ps []layers.IPProtocol, p layers.IPProtocol) bool {
-	for _, q := range ps {
-		if q == p {
-			return true
-		}
-	}
-	return false
 }
 
 // extChain writes IPv6 extension headers, each pointing at the next and the

@@ -309,16 +309,6 @@ func TestSpoofedFlood(t *testing.T) {
 	}
 }
 
-// TestDefaultsAgree: the XDP cookie SYN-ACK and the SYNPROXY rule must
-// advertise the same MSS and window scale.
-func TestDefaultsAgree(t *testing.T) {
-	if bpf.DefaultCookieMSS4 != synproxy.DefaultMSS4 || bpf.DefaultCookieMSS6 != synproxy.DefaultMSS6 ||
-		bpf.DefaultCookieWScale != synproxy.DefaultWScale {
-		t.Errorf("bpf cookie defaults mss %d/%d wscale %d, synproxy %d/%d %d", bpf.DefaultCookieMSS4, bpf.DefaultCookieMSS6,
-			bpf.DefaultCookieWScale, synproxy.DefaultMSS4, synproxy.DefaultMSS6, synproxy.DefaultWScale)
-	}
-}
-
 // withSynguard is the phase with the XDP program attached to the server's
 // interface in mode; at flood start the service is put under protection
 // the way the daemon does it: SYNPROXY rules first (internal/synproxy),

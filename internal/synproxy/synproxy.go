@@ -64,6 +64,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/synguard/synguard/bpf"
 )
 
 // Path says how a protected service's unverified clients get validated.
@@ -91,13 +93,12 @@ const (
 	ModeKernelCookies Mode = "kernel-cookies"
 )
 
-// Defaults for Options; they equal the XDP program's defaults
-// (bpf.DefaultCookieMSS4, bpf.DefaultCookieMSS6, bpf.DefaultCookieWScale),
-// which a test in internal/spoofbench checks.
+// Defaults for Options: what the XDP program's cookie SYN-ACKs advertise by
+// default, which SYNPROXY must advertise too.
 const (
-	DefaultMSS4   = 1460
-	DefaultMSS6   = 1440
-	DefaultWScale = 7
+	DefaultMSS4   = bpf.DefaultCookieMSS4
+	DefaultMSS6   = bpf.DefaultCookieMSS6
+	DefaultWScale = bpf.DefaultCookieWScale
 	DefaultTable  = "synguard_synproxy"
 )
 

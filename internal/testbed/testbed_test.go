@@ -31,7 +31,7 @@ func TestBed(t *testing.T) {
 	}
 	t.Logf("bed up in %v", time.Since(start))
 	if nsExists(t, "sgct-leftover") {
-		t.Error("leftover namespace sgc-leftover survived New")
+		t.Error("leftover namespace sgct-leftover survived New")
 	}
 	cli, atk, srv := b.Host("cli"), b.Host("atk"), b.Server
 	if b.Config.Prefix4().String() != "10.200.20.0/24" || b.Config.Prefix6().String() != "fd00:200:20::/64" ||
