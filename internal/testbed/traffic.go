@@ -1,7 +1,6 @@
 package testbed
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/synguard/synguard/internal/kstat"
 )
 
 // DropOutgoingRST makes the namespace's stack stop sending TCP RSTs
@@ -222,49 +223,24 @@ func (n *NS) Counters() (map[string]int64, error) {
 	m := map[string]int64{}
 	err := n.Do(func() error {
 		for _, f := range []string{"/proc/thread-self/net/snmp", "/proc/thread-self/net/netstat"} {
-			if err := readProcNet(f, m); err != nil {
+			fd, err := os.Open(f)
+			if err != nil {
 				return err
+			}
+			t, err := kstat.ParseTable(fd)
+			fd.Close()
+			if err != nil {
+				return fmt.Errorf("%s: %w", f, err)
+			}
+			for sec, kv := range t {
+				for k, v := range kv {
+					m[sec+"."+k] = int64(v)
+				}
 			}
 		}
 		return nil
 	})
 	return m, err
-}
-
-// readProcNet parses the header/value line pairs of /proc/net/snmp and
-// /proc/net/netstat.
-func readProcNet(path string, m map[string]int64) error {
-	fd, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer fd.Close()
-	s := bufio.NewScanner(fd)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	var head []string
-	for s.Scan() {
-		f := strings.Fields(s.Text())
-		if len(f) == 0 {
-			continue
-		}
-		if head == nil || head[0] != f[0] {
-			head = f
-			continue
-		}
-		if len(f) != len(head) {
-			return fmt.Errorf("%s: section %s has %d names and %d values", path, f[0], len(head), len(f))
-		}
-		sec := strings.TrimSuffix(f[0], ":")
-		for i := 1; i < len(f); i++ {
-			v, err := strconv.ParseInt(f[i], 10, 64)
-			if err != nil {
-				return fmt.Errorf("%s: %s.%s=%q: %w", path, sec, head[i], f[i], err)
-			}
-			m[sec+"."+head[i]] = v
-		}
-		head = nil
-	}
-	return s.Err()
 }
 
 // Standalone implements T for programs (the demo): Cleanup functions run in
