@@ -130,7 +130,7 @@
  * outlives its ban. Any list change bumps the generation, which empties
  * every slot in effect; a mode change is seen on the next frame. Sources
  * that share a slot take turns; the others are dropped through their
- * per-source entry (drop_cached_ban), which is correct, only slower.
+ * per-source entry's cached verdict (handle_tcp), correct, only slower.
  *
  * Clock: every time here (first/last seen, ban expiry, suspect events) is
  * bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC at tick resolution (4 ms at
@@ -617,19 +617,19 @@ static __always_inline __u64 ban_until(__u32 slot)
 	return until ? *until : 0;
 }
 
-static __always_inline int ban_live(__u32 slot, __u64 now)
-{
-	return ban_until(slot) > now;
-}
-
-/* cache_valid: computed under the current lists, and its ban still live. */
-static __always_inline int cache_valid(__u64 w, __u32 gen, __u64 now)
+/* cache_valid: computed under the current lists, and its ban (if any)
+ * still live; *until is then the ban's expiry. */
+static __always_inline int cache_valid(__u64 w, __u32 gen, __u64 now,
+				       __u64 *until)
 {
 	enum verdict v = word_verdict(w);
 
 	if ((__u32)(w >> 32) != gen || v == VERDICT_NONE)
 		return 0;
-	return v == VERDICT_PASS || ban_live(word_slot(w), now);
+	if (v == VERDICT_PASS)
+		return 1;
+	*until = ban_until(word_slot(w));
+	return *until > now;
 }
 
 /* host_key sets key to the source's host prefix (/32 or /128); key must
@@ -661,10 +661,10 @@ static __always_inline int allowlisted(const struct packet *p)
 /*
  * lookup_verdict walks the prefix tables: the longest live ban covering the
  * source (an expired longer match is retried with a shorter prefix), then the
- * allowlist only when a ban matched.
+ * allowlist only when a ban matched. *until is the matching ban's expiry.
  */
 static __always_inline __u64 lookup_verdict(const struct packet *p, __u32 gen,
-					    __u64 now)
+					    __u64 now, __u64 *until)
 {
 	struct lpm_key key = {};
 	struct ban_ref *ban;
@@ -678,7 +678,8 @@ static __always_inline __u64 lookup_verdict(const struct packet *p, __u32 gen,
 		ban = bpf_map_lookup_elem(&blocklist, &key);
 		if (!ban)
 			break;
-		if (ban_live(ban->slot, now)) {
+		*until = ban_until(ban->slot);
+		if (*until > now) {
 			slot = ban->slot;
 			found = 1;
 			break;
@@ -1128,15 +1129,13 @@ static __always_inline int protect(struct xdp_md *ctx, const struct packet *p,
 	return XDP_DROP;
 }
 
-/* count_drop counts a dropped frame of kind k that the ban in slot
- * matched: what handle_tcp counts for it, on every path that drops. */
-static __always_inline void count_drop(struct global_counters *c, enum kind k,
-				       __u32 slot)
+/* count_ban_drop counts a frame dropped by the ban in slot, on both paths
+ * that drop for a ban. */
+static __always_inline void count_ban_drop(struct global_counters *c,
+					   __u32 slot)
 {
 	struct ban_hits *hits;
 
-	c->frames++;
-	c->kind[k]++;
 	c->dropped++;
 	hits = bpf_map_lookup_elem(&ban_counters, &slot);
 	if (hits)
@@ -1183,19 +1182,19 @@ static __always_inline void ban_cache_put(const struct packet *p,
 
 /*
  * drop_from_ban_cache is the flood's fast path (see Ban cache in the
- * contract): it counts and drops a frame whose source this CPU dropped
- * earlier in the same tick, and returns 0, having counted nothing,
- * otherwise. Measured (BPF_PROG_RUN, banned-source benchmark, medians of
- * 6): 12.8 ns, 0.87x xdp-filter, against 21.2 ns (1.51x, median of 3)
- * when the per-source entry was the first lookup.
+ * contract): it counts the drop of a frame (already counted in frames and
+ * kind[]) whose source this CPU dropped earlier in the same tick and
+ * returns 1, or returns 0 having counted nothing. Measured (BPF_PROG_RUN,
+ * banned-source benchmark, medians of 6): 12.2 ns, 0.86x xdp-filter,
+ * against 21.3 ns (1.49x) when the per-source entry was the first lookup.
  */
 static __always_inline int drop_from_ban_cache(const struct packet *p,
-					       enum kind k,
-					       struct global_counters *c)
+					       struct global_counters *c,
+					       __u64 tick)
 {
 	const __u64 *src = (const __u64 *)p->src;
 	struct ban_cache_entry *e;
-	__u64 tick = bpf_jiffies64(), word;
+	__u64 word;
 
 	/* Nothing written this tick: no slot can be live. */
 	if (c->ban_cache_tick != tick)
@@ -1208,85 +1207,51 @@ static __always_inline int drop_from_ban_cache(const struct packet *p,
 	if ((__u32)(word >> 32) != config_get(CONFIG_LIST_GEN) ||
 	    config_get(CONFIG_MODE) != MODE_ENFORCE)
 		return 0;
-	count_drop(c, k, word_slot(word));
-	return 1;
-}
-
-/*
- * drop_cached_ban is the next path for a banned source (another CPU's, an
- * evicted cache slot, a new tick): its per-source entry caches a ban verdict
- * under the current lists, the ban is still live, the mode is enforce. The
- * frame is counted and dropped, and this CPU's ban cache refilled. It
- * returns 0, having counted nothing, in every other case; handle_tcp then
- * decides as usual.
- */
-static __always_inline int drop_cached_ban(const struct packet *p,
-					   const struct source_stats *s,
-					   enum kind k,
-					   struct global_counters *c)
-{
-	__u64 word = s->verdict, tick, now, until;
-	__u32 slot;
-
-	if (word_verdict(word) != VERDICT_BAN)
-		return 0;
-	if ((__u32)(word >> 32) != config_get(CONFIG_LIST_GEN))
-		return 0;
-	if (config_get(CONFIG_MODE) != MODE_ENFORCE)
-		return 0;
-	slot = word_slot(word);
-	tick = bpf_jiffies64();
-	now = bpf_ktime_get_coarse_ns();
-	until = ban_until(slot);
-	if (until <= now)
-		return 0;
-	count_drop(c, k, slot);
-	ban_cache_put(p, c, word, tick, now, until);
+	count_ban_drop(c, word_slot(word));
 	return 1;
 }
 
 /*
  * handle_tcp runs the policy, protection and accounting stages for a TCP
- * frame whose per-source entry is s (NULL when it has none).
+ * frame (already counted in frames and kind[]) whose per-source entry is s
+ * (NULL when it has none). tick was read before any other clock (see
+ * ban_cache_put).
  */
 static __always_inline int handle_tcp(struct xdp_md *ctx, struct packet *p,
 				      enum kind k, struct global_counters *c,
-				      struct source_stats *s)
+				      struct source_stats *s, __u64 tick)
 {
-	__u64 tick = bpf_jiffies64(); /* first: see ban_cache_put */
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 gen = config_get(CONFIG_LIST_GEN);
 	struct protection *pr = 0;
 	struct ban_hits *hits;
+	__u64 word, until = 0;
 	__u32 slot;
-	__u64 word;
 	int act;
 	int counted = k == KIND_SYN || k == KIND_ACK || k == KIND_RST;
 
 	if (s) {
 		word = s->verdict;
-		if (!cache_valid(word, gen, now)) {
-			word = lookup_verdict(p, gen, now);
+		if (!cache_valid(word, gen, now, &until)) {
+			word = lookup_verdict(p, gen, now, &until);
 			s->verdict = word;
 		}
 	} else {
-		word = lookup_verdict(p, gen, now);
+		word = lookup_verdict(p, gen, now, &until);
 	}
 
 	switch (word_verdict(word)) {
 	case VERDICT_BAN:
 		slot = word_slot(word);
-		hits = bpf_map_lookup_elem(&ban_counters, &slot);
 		if (config_get(CONFIG_MODE) == MODE_ENFORCE) {
-			c->dropped++;
-			if (hits)
-				hits->dropped++;
+			count_ban_drop(c, slot);
 			if (!s)
 				cache_only(p, word, now);
-			ban_cache_put(p, c, word, tick, now, ban_until(slot));
+			ban_cache_put(p, c, word, tick, now, until);
 			return XDP_DROP;
 		}
 		c->would_drop++;
+		hits = bpf_map_lookup_elem(&ban_counters, &slot);
 		if (hits)
 			hits->would_drop++;
 		break;
@@ -1324,10 +1289,10 @@ int synguard_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct source_stats *s = NULL;
 	struct global_counters *c;
 	struct packet p;
 	__u32 zero = 0;
+	__u64 tick;
 	enum kind k;
 
 	/* Not zeroed as a whole (a measurable share of the drop path): the
@@ -1339,18 +1304,15 @@ int synguard_xdp(struct xdp_md *ctx)
 	if (!c)
 		return XDP_PASS;
 	k = classify(data, end, &p);
-	if (k >= KIND_SYN && k < KIND_COUNT) {
-		if (drop_from_ban_cache(&p, k, c))
-			return XDP_DROP;
-		s = bpf_map_lookup_elem(&sources, p.src);
-		if (s && drop_cached_ban(&p, s, k, c))
-			return XDP_DROP;
-	}
 	c->frames++;
 	if (k >= KIND_COUNT)
 		return XDP_PASS;
 	c->kind[k]++;
 	if (k < KIND_SYN)
 		return XDP_PASS;
-	return handle_tcp(ctx, &p, k, c, s);
+	tick = bpf_jiffies64();
+	if (drop_from_ban_cache(&p, c, tick))
+		return XDP_DROP;
+	return handle_tcp(ctx, &p, k, c, bpf_map_lookup_elem(&sources, p.src),
+			  tick);
 }
