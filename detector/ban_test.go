@@ -123,10 +123,20 @@ func TestBannedIncidentReportsDropRate(t *testing.T) {
 	if len(bansOf(s)) == 0 {
 		t.Fatal("never banned")
 	}
+	// dropsFor is the figures a decision reports for the incident.
+	dropsFor := func(dec Decisions, id string) (IncidentDrops, bool) {
+		for _, x := range dec.Drops {
+			if x.ID == id {
+				return x, true
+			}
+		}
+		return IncidentDrops{}, false
+	}
 	// 300 SYN/s and 2 s ticks: 600 drops per tick.
+	var dec Decisions
 	for range 3 {
 		s.send(a, web, 600, 0)
-		s.tick(2 * time.Second)
+		dec = s.tick(2 * time.Second)
 	}
 	inc := sourceIncident()
 	if inc.DroppedPerSecond != 300 {
@@ -135,9 +145,17 @@ func TestBannedIncidentReportsDropRate(t *testing.T) {
 	if inc.Dropped < 3*600 {
 		t.Errorf("dropped %d, want at least %d", inc.Dropped, 3*600)
 	}
-	s.tick(time.Second)
+	if x, ok := dropsFor(dec, inc.ID); !ok || x.PerSecond != 300 || x.Dropped != inc.Dropped {
+		t.Errorf("decision drops %+v (reported %v), want %d at 300/s", x, ok, inc.Dropped)
+	}
+	if x, ok := dropsFor(s.tick(time.Second), inc.ID); !ok || x.PerSecond != 0 {
+		t.Errorf("decision drops %+v (reported %v) after the source went quiet, want a report of 0/s", x, ok)
+	}
 	if inc := sourceIncident(); inc.DroppedPerSecond != 0 {
 		t.Errorf("dropped_per_second %v after the source went quiet, want 0", inc.DroppedPerSecond)
+	}
+	if _, ok := dropsFor(s.tick(time.Second), inc.ID); ok {
+		t.Error("drops reported again while nothing changed")
 	}
 }
 

@@ -168,8 +168,9 @@ func (d *Detector) lift(p netip.Prefix, out *Decisions) {
 // observeBanCounters reads the kernel's per-ban drop counters: drops mean
 // the banned prefix is still sending. dt is the snapshot interval in
 // seconds, for the open incidents' drop rates (summed over each incident's
-// bans, without allocating: the daemon calls this every poll).
-func (d *Detector) observeBanCounters(s Snapshot, now int64, dt float64) {
+// bans, without allocating: the daemon calls this every poll); incidents
+// whose figures changed go to out.Drops.
+func (d *Detector) observeBanCounters(s Snapshot, now int64, dt float64, out *Decisions) {
 	// Every open incident starts at 0: one whose bans were lifted (or
 	// unblocked by hand) drops nothing any more.
 	for _, inc := range d.incs {
@@ -196,8 +197,13 @@ func (d *Detector) observeBanCounters(s Snapshot, now int64, dt float64) {
 		return
 	}
 	for _, inc := range d.incs {
-		if inc != nil {
-			inc.DroppedPerSecond = float64(inc.droppedNow) / dt
+		if inc == nil {
+			continue
+		}
+		rate := float64(inc.droppedNow) / dt
+		if inc.droppedNow > 0 || rate != inc.DroppedPerSecond {
+			inc.DroppedPerSecond = rate
+			out.Drops = append(out.Drops, IncidentDrops{ID: inc.ID, Dropped: inc.Dropped, PerSecond: rate})
 		}
 	}
 }

@@ -82,17 +82,29 @@ type Decisions struct {
 	// or newly protected). Apply Bans first: when a prefix ban replaces
 	// host bans, the hosts stay blocked throughout.
 	Unbans []netip.Prefix
+	// Drops are open incidents whose drop figures (Dropped,
+	// DroppedPerSecond) changed without a stage change: a banned source
+	// still flooding, or going quiet.
+	Drops []IncidentDrops
+}
+
+// IncidentDrops is an open incident's latest drop figures.
+type IncidentDrops struct {
+	ID        string
+	Dropped   uint64
+	PerSecond float64
 }
 
 // Empty reports whether nothing changed.
 func (d Decisions) Empty() bool {
-	return len(d.Incidents) == 0 && len(d.Bans) == 0 && len(d.Unbans) == 0
+	return len(d.Incidents) == 0 && len(d.Bans) == 0 && len(d.Unbans) == 0 && len(d.Drops) == 0
 }
 
 func (d *Decisions) merge(o Decisions) {
 	d.Incidents = append(d.Incidents, o.Incidents...)
 	d.Bans = append(d.Bans, o.Bans...)
 	d.Unbans = append(d.Unbans, o.Unbans...)
+	d.Drops = append(d.Drops, o.Drops...)
 }
 
 // Options are the detector's environment, as opposed to its thresholds.

@@ -75,6 +75,13 @@ func (d *Daemon) applyLocked(now time.Time, dec detector.Decisions) {
 	for _, in := range dec.Incidents {
 		d.trackIncidentLocked(in)
 	}
+	// Live drop figures change no stage: update the served copy only.
+	for _, x := range dec.Drops {
+		if in, ok := d.open[x.ID]; ok {
+			in.Dropped, in.DroppedPerSecond = x.Dropped, x.PerSecond
+			d.open[x.ID] = in
+		}
+	}
 }
 
 // trackIncidentLocked records an incident stage change and alerts it once:

@@ -196,7 +196,6 @@ func (d *Daemon) Poll(now time.Time) {
 	}
 	d.observeDetection(detect)
 	d.applyLocked(now, dec)
-	d.refreshDropsLocked()
 	d.pollProtectionLocked(now, pr)
 	d.lastPoll = now
 	d.saveLocked(now, false)
@@ -207,27 +206,6 @@ func (d *Daemon) Poll(now time.Time) {
 	}
 	if took > d.cfg.PollInterval/2 {
 		d.log.Warn("slow poll", "took", took, "read", read, "detect", detect, "sources", listed, "full_scan", full, "scan", scan)
-	}
-}
-
-// refreshDropsLocked copies the detector's live drop figures into the open
-// incidents the API serves. While a ban drops a source's flood its incident
-// changes no stage, so trackIncidentLocked never sees them; without this,
-// status would show a banned attacker as if it had stopped.
-func (d *Daemon) refreshDropsLocked() {
-	dropping := len(d.st.Bans) > 0
-	for _, in := range d.open {
-		dropping = dropping || in.DroppedPerSecond != 0
-	}
-	if !dropping {
-		return
-	}
-	for _, in := range d.engine.Open() {
-		cur, ok := d.open[in.ID]
-		if ok && (cur.Dropped != in.Dropped || cur.DroppedPerSecond != in.DroppedPerSecond) {
-			cur.Dropped, cur.DroppedPerSecond = in.Dropped, in.DroppedPerSecond
-			d.open[in.ID] = cur
-		}
 	}
 }
 
