@@ -40,6 +40,8 @@ func (d *Daemon) applyLocked(now time.Time, dec detector.Decisions) {
 			meta.Origin, meta.Reason = api.OriginManual, old.Reason+" (extended by the detector: "+b.Reason+")"
 		}
 		_, renewed := d.st.Bans[b.Prefix]
+		d.banSeq++
+		meta.seq = d.banSeq
 		d.st.Bans[b.Prefix] = meta
 		d.dirty = true
 		if !renewed {

@@ -266,7 +266,8 @@ func (d *Daemon) Block(ctx context.Context, p netip.Prefix, ttl time.Duration, r
 		reason = "manual block"
 	}
 	until := now.Add(ttl)
-	d.st.Bans[p] = BanMeta{Origin: api.OriginManual, Reason: reason, From: now, Until: until}
+	d.banSeq++
+	d.st.Bans[p] = BanMeta{Origin: api.OriginManual, Reason: reason, From: now, Until: until, seq: d.banSeq}
 	d.dirty = true
 	d.saveLocked(now, true)
 	if m := d.deps.Metrics; m != nil {

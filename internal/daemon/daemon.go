@@ -146,6 +146,7 @@ type Daemon struct {
 	cfg       *config.Config
 	engine    Engine
 	st        State
+	banSeq    uint64 // counts writes to st.Bans (BanMeta.seq)
 	dirty     bool
 	lastSave  time.Time
 	open      map[string]detector.Incident

@@ -29,6 +29,9 @@ type fakePlane struct {
 	ch       chan Suspect
 
 	fullReads, oneReads int
+	// afterBans, when set, runs once right after the next Bans read (a
+	// change racing with a poll's unlocked reads).
+	afterBans func()
 	// run counts SYNs since the last ACK per source; like the kernel, the
 	// plane raises a suspect event when a run reaches suspectSYNs.
 	run         map[netip.Addr]uint32
@@ -147,12 +150,17 @@ func (p *fakePlane) Source(a netip.Addr) (api.Source, bool, error) {
 }
 func (p *fakePlane) Bans() ([]api.Ban, error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	var out []api.Ban
 	for _, b := range p.bans {
 		if b.Until.After(p.now()) {
 			out = append(out, b)
 		}
+	}
+	f := p.afterBans
+	p.afterBans = nil
+	p.mu.Unlock()
+	if f != nil {
+		f()
 	}
 	return out, nil
 }
@@ -444,6 +452,23 @@ func TestFullScanOnlyEveryFullScanInterval(t *testing.T) {
 	// 20 polls, full scans at the first poll and then every 5 s: 4-5.
 	if h.plane.fullReads < 3 || h.plane.fullReads > 5 {
 		t.Errorf("%d full scans in 20 polls with full_scan_interval 5s", h.plane.fullReads)
+	}
+}
+
+// A ban made while a poll reads the kernel (early warning, API) is missing
+// from that read; the poll must not take its record for an expired ban's.
+func TestBanDuringPollReadKeepsItsRecord(t *testing.T) {
+	h := newHarness(t, "enforce")
+	p := netip.MustParsePrefix("192.0.2.9/32")
+	h.plane.afterBans = func() {
+		if _, err := h.d.Block(context.Background(), p, time.Hour, "during the read"); err != nil {
+			t.Error(err)
+		}
+	}
+	h.d.Poll(h.clk.now())
+	bans, err := h.d.Bans(context.Background())
+	if err != nil || len(bans) != 1 || bans[0].Reason != "during the read" || bans[0].Origin != api.OriginManual {
+		t.Errorf("bans after the poll: %+v %v, want the manual ban with its reason", bans, err)
 	}
 }
 

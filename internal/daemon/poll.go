@@ -111,6 +111,9 @@ func (d *Daemon) Poll(now time.Time) {
 	m := d.deps.Metrics
 
 	d.mu.Lock()
+	// Ban records written after this (by an early warning or the API while
+	// the reads run) are newer than the blocklist read below.
+	readSeq := d.banSeq
 	full := d.fullNext || now.Sub(d.lastFull) >= d.fullScanEveryLocked()
 	var watched []netip.Addr
 	if !full {
@@ -157,16 +160,15 @@ func (d *Daemon) Poll(now time.Time) {
 		snap.Services[i] = detector.ServiceCounters{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK}
 	}
 	snap.Bans = make([]detector.BanCounters, len(r.bans))
+	live := make(map[netip.Prefix]bool, len(r.bans))
 	for i, b := range r.bans {
 		snap.Bans[i] = detector.BanCounters{Prefix: b.Prefix, Dropped: b.Dropped}
-	}
-	// Kernel expiry is the truth: forget records of bans that expired.
-	live := map[netip.Prefix]bool{}
-	for _, b := range r.bans {
 		live[b.Prefix] = true
 	}
-	for p := range d.st.Bans {
-		if !live[p] {
+	// Kernel expiry is the truth: forget records of bans that expired
+	// (not of bans made after the read).
+	for p, m := range d.st.Bans {
+		if !live[p] && m.seq <= readSeq {
 			delete(d.st.Bans, p)
 			d.dirty = true
 		}

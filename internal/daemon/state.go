@@ -31,6 +31,9 @@ type BanMeta struct {
 	Until      time.Time `json:"until"`
 	Offence    int       `json:"offence,omitempty"`
 	IncidentID string    `json:"incident_id,omitempty"`
+	// seq is Daemon.banSeq when the record was written (not saved): Poll
+	// keeps records newer than its read of the kernel blocklist.
+	seq uint64
 }
 
 // AllowMeta is what the state dir knows about an allowlist entry.
