@@ -79,11 +79,16 @@ func (d *Daemon) watchRowsLocked(n int) []api.SourceRow {
 	rows := make([]api.SourceRow, 0, len(d.watch))
 	for a, w := range d.watch {
 		rows = append(rows, api.SourceRow{Addr: a, SYN: w.syn, ACK: w.ack, RST: w.rst, SYNPerSecond: w.rate,
-			HalfOpenShare: halfOpen(w.syn, w.ack), State: d.stateOfLocked(a), LastSeen: w.lastSeen})
+			HalfOpenShare: halfOpen(w.syn, w.ack), LastSeen: w.lastSeen})
 	}
-	sortRows(rows)
+	sortRows(rows) // by rate, SYNs and address: the state does not count
 	if len(rows) > n {
 		rows = rows[:n]
+	}
+	// stateOfLocked walks the bans, allows and protected prefixes: only
+	// for the rows shown.
+	for i := range rows {
+		rows[i].State = d.stateOfLocked(rows[i].Addr)
 	}
 	return rows
 }
@@ -116,13 +121,14 @@ func (d *Daemon) Top(ctx context.Context, n int) ([]api.SourceRow, error) {
 	now := d.clock()
 	// Several `top` users share one scan; a big table is scanned less often.
 	fresh := max(time.Second, 10*d.scanCost)
-	if d.topCache != nil && now.Sub(d.topAt) < fresh && len(d.topCache) >= n {
+	if d.topCache != nil && now.Sub(d.topAt) < fresh && n <= d.topK {
 		rows := d.topCache[:min(n, len(d.topCache))]
 		d.mu.Unlock()
 		return rows, nil
 	}
 	d.mu.Unlock()
-	rows, err := d.topScan(max(n, 100))
+	k := max(n, 100)
+	rows, err := d.topScan(k)
 	if err != nil {
 		return nil, fmt.Errorf("read sources: %w", err)
 	}
@@ -131,7 +137,9 @@ func (d *Daemon) Top(ctx context.Context, n int) ([]api.SourceRow, error) {
 	for i := range rows {
 		rows[i].State = d.stateOfLocked(rows[i].Addr)
 	}
-	d.topCache, d.topAt = rows, now
+	// The scan found the top k (fewer when fewer sources sent): any n up to
+	// k is its prefix.
+	d.topCache, d.topAt, d.topK = rows, now, k
 	return rows[:min(n, len(rows))], nil
 }
 

@@ -160,6 +160,7 @@ type Daemon struct {
 	lastProt  time.Time
 	topCache  []api.SourceRow
 	topAt     time.Time
+	topK      int // how many rows the cached scan asked for
 	fullNext  bool
 	scanCost  time.Duration // the last full scan: kernel read + detector
 	// stretchWarned: the "expensive scans" warning was logged.

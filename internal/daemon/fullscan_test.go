@@ -175,3 +175,21 @@ func TestTopScanMatchesFullRanking(t *testing.T) {
 		t.Errorf("top read %d batches of 500 sources: it did not stream", wp.batches)
 	}
 }
+
+// Several `top` users share one scan, also when the table has fewer busy
+// sources than they ask for.
+func TestTopSharesOneScan(t *testing.T) {
+	h := newHarness(t, "enforce")
+	h.plane.send(attacker, 500, 0)
+	h.clk.step(time.Second)
+	before := h.plane.fullReads
+	for range 5 {
+		rows, err := h.d.Top(context.Background(), 20)
+		if err != nil || len(rows) != 1 || rows[0].Addr != attacker {
+			t.Fatalf("top: %+v %v, want the one source", rows, err)
+		}
+	}
+	if n := h.plane.fullReads - before; n != 1 {
+		t.Errorf("5 calls of Top(20) within a second read the table %d times, want 1", n)
+	}
+}
