@@ -143,6 +143,9 @@ type protState struct {
 	metrics  *protMetrics
 	// prepared: conntrack runs for SYNPROXY (Validator.Prepare).
 	prepared bool
+	// cookies is protection.cookies as at Start: the Validator's mode came
+	// from it, and a reload changes it only at the next start.
+	cookies bool
 
 	// pollMu only.
 	verifiedAt time.Time
@@ -169,6 +172,7 @@ func (d *Daemon) startProtectionLocked(now time.Time) {
 	ps.last = map[netip.AddrPort]bpf.ProtectionStatus{}
 	ps.failedAt = map[netip.AddrPort]time.Time{}
 	ps.metrics = registerProtMetrics(d.deps.Metrics)
+	ps.cookies = d.cfg.Protection.Cookies
 	pd := d.deps.Protection
 	plane, ok := d.deps.Plane.(ProtectionPlane)
 	switch {
@@ -320,7 +324,7 @@ func (d *Daemon) syncProtectionLocked(now time.Time) {
 // protectionFor is the XDP protection for svc on the Validator's path.
 func (d *Daemon) protectionFor(res synproxy.Result, svc netip.AddrPort, base float64) bpf.Protection {
 	p := bpf.Protection{Cookies: res.Path == synproxy.PathSynproxy, Budget: d.budgetLocked(svc, base)}
-	if !p.Cookies && d.cfg.Protection.Cookies {
+	if !p.Cookies && d.prot.cookies {
 		// The fallback: kernel cookies answer everything the budget would
 		// drop, so new users keep getting in (measured in spoofbench).
 		p.Budget = 0
@@ -642,7 +646,7 @@ func (d *Daemon) stopProtectionLocked(now time.Time) {
 // protects anything. In observe mode (the first-run default) the host's
 // traffic is not tracked for nothing.
 func (d *Daemon) conntrackWanted() bool {
-	return d.prot.val != nil && d.cfg.Protection.Cookies && d.cfg.Mode == "enforce"
+	return d.prot.val != nil && d.prot.cookies && d.cfg.Mode == "enforce"
 }
 
 // syncConntrackLocked starts or stops conntrack for SYNPROXY to match

@@ -504,3 +504,22 @@ func TestRestartReconcilesPinnedProtections(t *testing.T) {
 	ph2.start()
 	wantOps(t, ph2.ops.take(), "prepare", "unprotect "+stale.String(), "close")
 }
+
+// protection.cookies changes at the next restart, as the reload warning
+// says: not half of it now (conntrack stopped under a SYNPROXY service).
+func TestReloadOfCookiesWaitsForRestart(t *testing.T) {
+	ph := newProtHarness(t, "enforce")
+	ph.ops.take()
+	ph.incident(detector.StageOpened, 0)
+	if ops := ph.ops.take(); len(ops) == 0 {
+		t.Fatal("the incident did not switch protection on")
+	}
+	cfg := *ph.cfg
+	cfg.Protection.Cookies = false
+	if err := ph.d.Reload(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	if ops := ph.ops.take(); len(ops) != 0 {
+		t.Errorf("reload of protection.cookies acted at once: %v, want nothing until the restart", ops)
+	}
+}
