@@ -434,3 +434,48 @@ func TestIncidentCap(t *testing.T) {
 		t.Errorf("aggregation counts leak: %v", s.d.aggCount)
 	}
 }
+
+// A service incident restored from state keeps counting distinct senders:
+// the restored flood epoch must differ from the one every source starts in.
+func TestRestoredServiceIncidentCountsDistinctSources(t *testing.T) {
+	cfg := DefaultConfig()
+	s := newSim(t, cfg, Options{Enforce: true})
+	spoof := func(i int) {
+		for j := range 3000 {
+			s.send(netip.AddrFrom4([4]byte{198, byte(i), byte(j >> 8), byte(j)}), web, 1, 0)
+		}
+	}
+	for i := range 25 {
+		clients(s, 20, 10)
+		if i >= 20 {
+			spoof(i)
+		}
+		s.tick(time.Second)
+	}
+	if len(s.opened(KindService)) != 1 {
+		t.Fatalf("service incidents %v, want one", s.opened(KindService))
+	}
+	st := s.d.State()
+	s.d = New(cfg, Options{Enforce: true})
+	if err := s.d.Restore(st); err != nil {
+		t.Fatal(err)
+	}
+	for i := 25; i < 28; i++ {
+		clients(s, 20, 10)
+		spoof(i)
+		s.tick(time.Second)
+	}
+	found := false
+	for _, inc := range s.d.Open() {
+		if inc.Kind != KindService {
+			continue
+		}
+		found = true
+		if inc.DistinctSources < 3000 {
+			t.Errorf("restored service incident counts %d distinct sources after 3 s of 3,000 new ones a second", inc.DistinctSources)
+		}
+	}
+	if !found {
+		t.Error("the service incident did not survive the restore")
+	}
+}

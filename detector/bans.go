@@ -193,9 +193,7 @@ func (d *Detector) observeBanCounters(s Snapshot, now int64, dt float64, out *De
 		}
 		b.dropped = bc.Dropped
 	}
-	if dt <= 0 {
-		return
-	}
+	// dt > 0: observe returns early for a snapshot not after the last.
 	for _, inc := range d.incs {
 		if inc == nil {
 			continue

@@ -177,6 +177,9 @@ func (d *Detector) resolve(inc *incident, now int64, out *Decisions) {
 // lifts bans.
 func (d *Detector) maintain(now int64, out *Decisions) {
 	quiet := int64(d.cfg.ResolveAfter)
+	// Whether a service incident stays open decides, at the next
+	// snapshot, whether the flood epoch goes on (beginSources).
+	anyService := false
 	for _, inc := range d.incs {
 		if inc == nil {
 			continue
@@ -200,17 +203,11 @@ func (d *Detector) maintain(now int64, out *Decisions) {
 				d.resolve(inc, now, out)
 				continue
 			}
+			anyService = true
 		}
 		if now-inc.lastUpdate >= int64(d.cfg.UpdateEvery) {
 			d.fillIncident(inc, inc.SYNPerSecond, inc.HalfOpenShare, inc.Reason, now)
 			d.emitUpdate(inc, now, out)
-		}
-	}
-	anyService := false
-	for _, inc := range d.incs {
-		if inc != nil && inc.Kind == KindService {
-			anyService = true
-			break
 		}
 	}
 	d.flood.active = anyService

@@ -73,7 +73,6 @@ func (d *Detector) evictServices() {
 }
 
 func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *Decisions) {
-	anyOpen := false
 	for _, sc := range s.Services {
 		sv := d.service(sc.Addr, now)
 		if sv == nil {
@@ -143,19 +142,7 @@ func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *D
 			sv.m2 = dec*sv.m2 + (1-dec)*xc*xc
 			sv.mack = dec*sv.mack + (1-dec)*xack
 		}
-		if sv.inc != nil {
-			anyOpen = true
-		}
 	}
-	if !anyOpen {
-		for _, sv := range d.svcs {
-			if sv.inc != nil {
-				anyOpen = true
-				break
-			}
-		}
-	}
-	d.flood.active = anyOpen
 }
 
 func (d *Detector) alarmService(sv *service, now int64, mu, sd, limit, extraShare float64, dsyn, dack uint64, out *Decisions) {
@@ -174,7 +161,6 @@ func (d *Detector) alarmService(sv *service, now int64, mu, sd, limit, extraShar
 		inc.HalfOpenThreshold = d.cfg.ServiceHalfOpen
 		inc.BaselineSYNPerSecond = mu
 		sv.inc = inc
-		d.flood.active = true
 		d.fillIncident(inc, sv.synRate, share, reason, now)
 		out.Incidents = append(out.Incidents, inc.Incident)
 		return

@@ -100,13 +100,6 @@ func (d Decisions) Empty() bool {
 	return len(d.Incidents) == 0 && len(d.Bans) == 0 && len(d.Unbans) == 0 && len(d.Drops) == 0
 }
 
-func (d *Decisions) merge(o Decisions) {
-	d.Incidents = append(d.Incidents, o.Incidents...)
-	d.Bans = append(d.Bans, o.Bans...)
-	d.Unbans = append(d.Unbans, o.Unbans...)
-	d.Drops = append(d.Drops, o.Drops...)
-}
-
 // Options are the detector's environment, as opposed to its thresholds.
 type Options struct {
 	// Enforce makes the detector ban; false is observe mode: incidents only.

@@ -155,7 +155,9 @@ func (d *Detector) Restore(st State) error {
 			inc.Service = ap
 			d.storeIncident(inc)
 			sv.inc, sv.lastAlarm = inc, last
-			d.flood.active = true
+			// A new epoch: every source counts as new in it (start
+			// leaves epoch 0, every source's, behind).
+			d.flood.start()
 		default:
 			return fmt.Errorf("restore detector state: incident %s: kind %q: want source or service", is.ID, is.Kind)
 		}
