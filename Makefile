@@ -49,7 +49,7 @@ demo: ## Show synguard stopping a SYN flood on a throw-away netns test bed (root
 	./build/synguard-demo
 
 .PHONY: bench-resources
-bench-resources: ## Daemon CPU during a 100k SYN/s random-source flood, RSS with 1M sources (root, ~5 min).
+bench-resources: ## Daemon CPU during a 100k SYN/s random-source flood, RSS with 1M sources (root, ~4 min).
 	GO=$(GO) bench/resources.sh
 
 .PHONY: lint

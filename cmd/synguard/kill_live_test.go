@@ -102,6 +102,9 @@ protect: {default_gateways: false, ssh_ports: []}
 		if got := sysctl("net.ipv4.tcp_syncookies"); got != "1" {
 			t.Fatalf("tcp_syncookies %s while protected, want 1", got)
 		}
+		if got := sysctl("net.netfilter.nf_conntrack_tcp_loose"); got != "0" {
+			t.Fatalf("tcp_loose %s while protected through SYNPROXY, want 0", got)
+		}
 		data, err := os.ReadFile(saved)
 		var values map[string]string
 		if err == nil {
