@@ -347,12 +347,20 @@ func (d *Datapath) migrate(ps *pinSet) error {
 		if old.ValueSize() != d.objs.Config.ValueSize() || old.KeySize() != d.objs.Config.KeySize() {
 			return incompatiblePin(ps.dir, mapConfig, old, d.objs.Config)
 		}
+		// The mode and how the pinned link is attached carry over; the
+		// generation is fresh and the protected map starts empty.
 		var mode uint64
-		if err := old.Lookup(configMode, &mode); err != nil {
-			return fmt.Errorf("migrate %s: read mode: %w", mapConfig, err)
-		}
-		if err := d.objs.Config.Put(configMode, mode); err != nil {
-			return fmt.Errorf("migrate %s: write mode: %w", mapConfig, err)
+		for _, i := range []uint32{configMode, configAttachMode} {
+			var v uint64
+			if err := old.Lookup(i, &v); err != nil {
+				return fmt.Errorf("migrate %s: read index %d: %w", mapConfig, i, err)
+			}
+			if err := d.objs.Config.Put(i, v); err != nil {
+				return fmt.Errorf("migrate %s: write index %d: %w", mapConfig, i, err)
+			}
+			if i == configMode {
+				mode = v
+			}
 		}
 		d.migrations = append(d.migrations, "config: migrated mode "+Mode(mode).String())
 	}

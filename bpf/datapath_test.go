@@ -2,7 +2,6 @@ package bpf
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -536,7 +535,6 @@ func TestModeStrings(t *testing.T) {
 	if s := Mode(9).String(); s != "mode(9)" {
 		t.Errorf("Mode(9) = %q", s)
 	}
-	_ = fmt.Sprint(ModeEnforce)
 }
 
 // Open shares the daemon's pinned state without loading a program.

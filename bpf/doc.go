@@ -23,8 +23,9 @@
 // # State and pinning
 //
 // With Options.PinDir set (the daemon uses /sys/fs/bpf/synguard/<iface>/),
-// every map except the suspect ring buffer and the XDP link are pinned there,
-// so protection, bans and counters outlive the process. Load re-opens the
+// the XDP link and every map except the suspect ring buffer and the per-CPU
+// ban cache are pinned there, so protection, bans and counters outlive the
+// process. Load re-opens the
 // pins; when a pinned link exists, Load swaps the freshly loaded program into
 // it with link.Update, so a restart or upgrade never leaves the interface
 // unprotected. One PinDir per interface: several interfaces are several
@@ -32,10 +33,11 @@
 //
 // When a pinned map no longer matches what Options ask for (for example a
 // different MaxBans), Load migrates instead of failing: bans (with their
-// expiry and drop counts), allowlist entries and the mode/generation config
-// are copied into maps of the new size; the statistics maps (sources,
-// services, counters) are recreated empty, since their contents are only
-// counters the detector re-learns within seconds. Migrations reports what
+// expiry and drop counts), allowlist entries, the mode and the attach mode
+// are copied into maps of the new size (the list generation starts afresh);
+// the statistics maps (sources, services, counters, and the protected and
+// verified tables) are recreated empty: the detector re-learns counters
+// within seconds, and the daemon re-enters protection at its next detection. Migrations reports what
 // was done. Load refuses, with a message that says what to do, only when
 // live bans or allowlist entries do not fit the new size or a map's layout
 // changed in a way it cannot convert.

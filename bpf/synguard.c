@@ -28,9 +28,12 @@
  * and counted as would-drop (and passed) in observe mode. Non-TCP, fragments
  * and malformed frames always pass. The longest live ban counts; expired
  * bans covering the source are skipped (at most BAN_RETRIES deep, beyond
- * that the source passes until userspace prunes expired bans).
+ * that the source passes until the expired bans are removed: the daemon
+ * unblocks each at expiry, Datapath.Prune removes them all).
  *
- * Maps (all sizes set by the loader; pinned by name except suspects):
+ * Maps (pinned by name except suspects and ban_cache; the loader sets the
+ * sizes of sources, services, blocklist, allowlist, ban_expiry,
+ * ban_counters and verified):
  *   config       ARRAY[4] of u64. [0] mode (0 observe, 1 enforce);
  *                [1] list generation: a value userspace changes after every
  *                blocklist/allowlist change (u32 range, never 0 after the
@@ -39,7 +42,9 @@
  *                protected (0 skips the protection stage).
  *   sources      LRU_HASH key: 16-byte source address (IPv4 as ::ffff:a.b.c.d)
  *                value: struct source_stats. syn/ack/rst count SYN, ACK and
- *                RST frames that were not dropped; first_seen/last_seen are
+ *                RST frames that reached the stack's side of the program
+ *                (not dropped by a ban or protection, nor answered with a
+ *                cookie); first_seen/last_seen are
  *                kernel times (see Clock) of the first frame and the last
  *                counted frame; syn_mark is the value of syn at
  *                the last ACK; last_event is when the last suspect event was
@@ -49,7 +54,8 @@
  *                its counters then stay at 0).
  *   services     LRU_HASH key: struct service_key (destination address,
  *                destination port in network order, 2 bytes zero padding)
- *                value: struct service_stats: SYN and ACK frames not dropped.
+ *                value: struct service_stats: SYN and ACK frames not
+ *                dropped by a ban (SYNs protection drops or answers count).
  *   blocklist    LPM_TRIE key: struct lpm_key, value: struct ban_ref (the
  *                ban's slot, and the entry's own prefixlen so an expired
  *                match can be retried with a shorter prefix).

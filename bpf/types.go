@@ -171,15 +171,17 @@ type Ban struct {
 // Source is one per-source entry: what a remote address sent.
 type Source struct {
 	Addr netip.Addr
-	// SYN, ACK and RST count frames that were not dropped (SYN = SYN
-	// without ACK, ACK = ACK without SYN).
+	// SYN, ACK and RST count frames not dropped by a ban or protection
+	// nor answered with a cookie (SYN = SYN without ACK, ACK = ACK
+	// without SYN).
 	SYN, ACK, RST uint64
 	// FirstSeen is the first frame, LastSeen the last counted one.
 	FirstSeen, LastSeen time.Time
 }
 
 // Service is one local service (destination address and port) and the SYN
-// and ACK frames it received that were not dropped.
+// and ACK frames it received that no ban dropped (SYNs that protection
+// dropped or answered count: the detector must see the flood).
 type Service struct {
 	Addr     netip.AddrPort
 	SYN, ACK uint64
