@@ -264,7 +264,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, cfgPath string, notes []
 		return usageError(err)
 	}
 	d, err := daemon.New(daemon.Deps{
-		Config: cfg, ConfigPath: cfgPath, Plane: plane, NewEngine: daemon.NewDetector, Alerts: alerts, Protection: prot,
+		Config: cfg, Plane: plane, NewEngine: daemon.NewDetector, Alerts: alerts, Protection: prot,
 		Kernel:    kernelCounters(),
 		Protected: daemon.ProtectedPeers,
 		Store:     store, Log: log, Metrics: metrics, Version: version, Host: host,

@@ -16,7 +16,8 @@ type Protection struct {
 	// would have). `synguard protect` / `unprotect` work either way.
 	Auto bool `yaml:"auto"`
 	// Cookies answers unverified SYNs with XDP SYN cookies completed by
-	// nftables SYNPROXY (conntrack runs in the namespace from the start).
+	// nftables SYNPROXY (in enforce mode, conntrack then runs in the
+	// namespace from the daemon's start).
 	// false: kernel SYN cookies forced on and the budget only.
 	Cookies bool `yaml:"cookies"`
 	// BudgetFactor sizes the budget of unverified SYNs per second passed

@@ -5,8 +5,9 @@
 //
 // Data flows one way: Plane counters -> detector.Snapshot -> Engine ->
 // detector.Decisions -> (Plane blocklist, Alerter, API). Every side effect
-// sits behind a small interface (Plane, Engine, Alerter, Store, the clock),
-// so the loop is tested with a fake data plane and explicit timestamps.
+// sits behind a small interface or function (Plane, Engine, Alerter, the
+// clock, kernel counters) or a directory (Store), so the loop is tested
+// with a fake data plane and explicit timestamps.
 package daemon
 
 import (
@@ -25,8 +26,8 @@ import (
 	"github.com/synguard/synguard/internal/config"
 )
 
-// Suspect is an early-warning event: the data plane saw SYNs run of
-// SYNs from Addr with no ACK in between.
+// Suspect is an early-warning event: the data plane saw a run of SYNs SYNs
+// from Addr with no ACK in between.
 type Suspect struct {
 	Addr netip.Addr
 	SYNs uint32
@@ -92,11 +93,10 @@ type Alerter interface {
 // Deps are the daemon's collaborators. Plane, NewEngine and Config are
 // required; the rest may be nil.
 type Deps struct {
-	Config     *config.Config
-	ConfigPath string
-	Plane      Plane
-	NewEngine  EngineFactory
-	Alerts     Alerter
+	Config    *config.Config
+	Plane     Plane
+	NewEngine EngineFactory
+	Alerts    Alerter
 	// Kernel reads the server's TCP counters for the snapshot.
 	Kernel func() (detector.KernelCounters, error)
 	// Protected returns the host's default gateways and SSH peers as the
