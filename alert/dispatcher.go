@@ -1,6 +1,7 @@
 package alert
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -379,7 +380,7 @@ func (w *worker) bound() {
 		entries = append(entries, e)
 	}
 	slices.SortFunc(entries, func(a, b spoolEntry) int {
-		if c := compareU64(a.Seq, b.Seq); c != 0 {
+		if c := cmp.Compare(a.Seq, b.Seq); c != 0 {
 			return c
 		}
 		return strings.Compare(a.Event.Incident.ID, b.Event.Incident.ID)

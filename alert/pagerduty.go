@@ -3,6 +3,7 @@ package alert
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/synguard/synguard/detector"
@@ -87,8 +88,8 @@ func (f *pagerDutyFormat) event(action string, e Event) pdEvent {
 }
 
 func (f *pagerDutyFormat) build(b batch) ([]request, func()) {
-	individual := cloneSet(f.individual)
-	storm := cloneSet(f.storm)
+	individual := maps.Clone(f.individual)
+	storm := maps.Clone(f.storm)
 	var evs []pdEvent
 	stormBefore := len(storm) > 0
 
@@ -174,11 +175,3 @@ func (f *pagerDutyFormat) build(b batch) ([]request, func()) {
 }
 
 func (f *pagerDutyFormat) resend(time.Time) []request { return nil }
-
-func cloneSet(m map[string]bool) map[string]bool {
-	c := make(map[string]bool, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
-}

@@ -3,6 +3,7 @@ package alert
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -90,19 +91,9 @@ func openSpool(dir string) (s *spool, entries []spoolEntry, bad []string, err er
 		bad = append(bad, fmt.Sprintf("%s: %v", path, err))
 		os.Rename(path, path+".corrupt")
 	}
-	slices.SortFunc(s.segs, func(a, b segment) int { return compareU64(a.seq, b.seq) })
-	slices.SortStableFunc(entries, func(a, b spoolEntry) int { return compareU64(a.Seq, b.Seq) })
+	slices.SortFunc(s.segs, func(a, b segment) int { return cmp.Compare(a.seq, b.seq) })
+	slices.SortStableFunc(entries, func(a, b spoolEntry) int { return cmp.Compare(a.Seq, b.Seq) })
 	return s, entries, bad, nil
-}
-
-func compareU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func decodeSegment(data []byte) ([]spoolEntry, error) {
