@@ -20,7 +20,6 @@ package bpf
 
 import (
 	"encoding/binary"
-	"errors"
 	"net/netip"
 	"os"
 	"testing"
@@ -35,8 +34,8 @@ import (
 const xdpFilterObject = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_dny_ip.o"
 
 // emptyXDP builds the floor baseline: r0 = XDP_PASS; exit.
-func emptyXDP(b *testing.B) *ebpf.Program {
-	b.Helper()
+func emptyXDP(tb testing.TB) *ebpf.Program {
+	tb.Helper()
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:    "empty_pass",
 		Type:    ebpf.XDP,
@@ -47,37 +46,37 @@ func emptyXDP(b *testing.B) *ebpf.Program {
 		},
 	})
 	if err != nil {
-		b.Fatalf("load empty xdp program: %v", err)
+		tb.Fatalf("load empty xdp program: %v", err)
 	}
-	b.Cleanup(func() { p.Close() })
+	tb.Cleanup(func() { p.Close() })
 	return p
 }
 
 // xdpFilter loads xdp-filter's deny-IP program with unpinned maps, or nil
 // with the reason it is unavailable.
-func xdpFilter(b *testing.B) (*ebpf.Program, string) {
-	b.Helper()
+func xdpFilter(tb testing.TB) (*ebpf.Program, string) {
+	tb.Helper()
 	if _, err := os.Stat(xdpFilterObject); err != nil {
 		return nil, xdpFilterObject + " not found (apt-get install libxdp1)"
 	}
 	spec, err := ebpf.LoadCollectionSpec(xdpFilterObject)
 	if err != nil {
-		b.Fatalf("parse %s: %v", xdpFilterObject, err)
+		tb.Fatalf("parse %s: %v", xdpFilterObject, err)
 	}
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
-		b.Fatalf("load %s: %v", xdpFilterObject, err)
+		tb.Fatalf("load %s: %v", xdpFilterObject, err)
 	}
-	b.Cleanup(func() { coll.Close() })
+	tb.Cleanup(func() { coll.Close() })
 	for _, p := range coll.Programs {
 		if p.Type() == ebpf.XDP {
 			return p, ""
 		}
 	}
-	b.Fatalf("%s: no XDP program", xdpFilterObject)
+	tb.Fatalf("%s: no XDP program", xdpFilterObject)
 	return nil, ""
 }
 
@@ -375,13 +374,7 @@ func BenchmarkXDP(b *testing.B) {
 // The benchmark's baselines must really be what they claim.
 func TestBenchBaselines(t *testing.T) {
 	requireRoot(t)
-	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, int32(xdpPass)), asm.Return()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer empty.Close()
-	if ret, err := empty.Run(&ebpf.RunOptions{Data: frame.ARP()}); err != nil || xdpAction(ret) != xdpPass {
+	if ret, err := emptyXDP(t).Run(&ebpf.RunOptions{Data: frame.ARP()}); err != nil || xdpAction(ret) != xdpPass {
 		t.Errorf("empty program: %v %v", xdpAction(ret), err)
 	}
 
@@ -398,28 +391,15 @@ func TestBenchBaselines(t *testing.T) {
 	if src, svc := floor.counts(t, cli4, srv4); src != 3 || svc != 3 {
 		t.Errorf("floor counted %d per source and %d per service, want 3 and 3 (two SYNs, one ACK)", src, svc)
 	}
-	if _, err := os.Stat(xdpFilterObject); errors.Is(err, os.ErrNotExist) {
-		t.Skipf("%s not installed", xdpFilterObject)
+	filter, why := xdpFilter(t)
+	if filter == nil {
+		t.Skip(why)
 	}
-	spec, err := ebpf.LoadCollectionSpec(xdpFilterObject)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	coll, err := ebpf.NewCollection(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer coll.Close()
 	// "dny" is xdp-filter's default-deny policy: with no rules every IPv4
 	// frame misses the allow table and is dropped after one lookup. That
 	// is the work the baseline measures, on every case's frame.
-	for _, prog := range coll.Programs {
-		ret, err := prog.Run(&ebpf.RunOptions{Data: frame.SYN(cli4, srv4)})
-		if err != nil || xdpAction(ret) != xdpDrop {
-			t.Errorf("xdp-filter (default deny, no rules) on a SYN: %v %v, want DROP", xdpAction(ret), err)
-		}
+	ret, err := filter.Run(&ebpf.RunOptions{Data: frame.SYN(cli4, srv4)})
+	if err != nil || xdpAction(ret) != xdpDrop {
+		t.Errorf("xdp-filter (default deny, no rules) on a SYN: %v %v, want DROP", xdpAction(ret), err)
 	}
 }

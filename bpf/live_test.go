@@ -336,10 +336,6 @@ const (
 	envChildBlock  = "SYNGUARD_TEST_CL_BLOCK"
 )
 
-func pinnedOptions(dir string) Options {
-	return Options{PinDir: dir, MaxSources: testMaxSources, MaxServices: testMaxServices, MaxBans: testMaxBans, MaxAllows: testMaxAllows}
-}
-
 // TestLivePinnedChild is the first "daemon run" of TestLivePinnedRestart:
 // it loads with a PinDir, attaches, enforces a ban and exits without
 // detaching. It does nothing unless started by that test.
@@ -348,7 +344,7 @@ func TestLivePinnedChild(t *testing.T) {
 	if dir == "" {
 		t.Skip("child of TestLivePinnedRestart")
 	}
-	d, err := Load(pinnedOptions(dir))
+	d, err := Load(testOptions(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +417,7 @@ func TestLivePinnedRestart(t *testing.T) {
 				t.Errorf("with the loader gone, the server received %d segments from the banned source", d)
 			}
 
-			d, err := Load(pinnedOptions(dir))
+			d, err := Load(testOptions(dir))
 			if err != nil {
 				t.Fatal(err)
 			}

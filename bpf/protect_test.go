@@ -213,7 +213,7 @@ func TestProtectCookie(t *testing.T) {
 			if n := protections(t, d)[tc.srv].CookiesSent; n != 1 {
 				t.Errorf("cookies sent %d, want 1", n)
 			}
-			if svc := serviceOfDP(t, d, tc.srv); svc.SYN != 1 {
+			if svc := serviceOf(t, d, tc.srv); svc.SYN != 1 {
 				t.Errorf("service SYN count %d, want 1 (answered SYNs count for the detector)", svc.SYN)
 			}
 			if _, ok, _ := d.Source(tc.cli.Addr()); ok {
@@ -254,20 +254,6 @@ func TestProtectCookie(t *testing.T) {
 			}
 		})
 	}
-}
-
-func serviceOfDP(t *testing.T, d *Datapath, a netip.AddrPort) Service {
-	t.Helper()
-	ss, err := d.Services()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range ss {
-		if s.Addr == a {
-			return s
-		}
-	}
-	return Service{Addr: a}
 }
 
 // TestProtectBudget: without cookies, unverified SYNs pass within the
@@ -331,7 +317,7 @@ func TestProtectBudget(t *testing.T) {
 	if time.Since(p.Since) > time.Minute || time.Since(p.Since) < 0 {
 		t.Errorf("since %v", p.Since)
 	}
-	if s := serviceOfDP(t, d, srv4); s.SYN != 1+10+2 {
+	if s := serviceOf(t, d, srv4); s.SYN != 1+10+2 {
 		t.Errorf("service SYNs %d, want 13 (dropped ones included)", s.SYN)
 	}
 	// Changing the settings keeps the counters.
