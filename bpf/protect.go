@@ -258,17 +258,13 @@ func (d *Datapath) VerifiedSources() (int, error) {
 	var (
 		keys = make([][16]byte, batchSize)
 		vals = make([]uint64, batchSize)
-		seen = map[[16]byte]bool{}
 		now  = kernelNow()
 		ttl  = d.verifiedTTL()
 		n    int
 	)
 	err := walkBatches(d.objs.Verified, keys, vals, func(m int) {
+		// A batch walk returns each entry at most once (see WalkSources).
 		for i := 0; i < m; i++ {
-			if seen[keys[i]] {
-				continue
-			}
-			seen[keys[i]] = true
 			// Coarse kernel time may be up to a tick ahead of ours.
 			if vals[i] > now || now-vals[i] < ttl {
 				n++

@@ -59,7 +59,8 @@ func sourceOf(k [16]byte, v synguardSourceStats, clock kernelClock) Source {
 	}
 }
 
-// Services returns every per-service entry (batch walk, as Sources).
+// Services returns every per-service entry (a batch walk: each entry at
+// most once, see WalkSources).
 func (d *Datapath) Services() ([]Service, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
@@ -69,16 +70,11 @@ func (d *Datapath) Services() ([]Service, error) {
 	var (
 		keys = make([]synguardServiceKey, batchSize)
 		vals = make([]synguardServiceStats, batchSize)
-		seen = map[synguardServiceKey]bool{}
 		out  []Service
 	)
 	err := walkBatches(d.objs.Services, keys, vals, func(n int) {
 		for i := 0; i < n; i++ {
 			k := keys[i]
-			if seen[k] {
-				continue
-			}
-			seen[k] = true
 			out = append(out, Service{
 				Addr: netip.AddrPortFrom(addrOf(k.Addr), ntohs(k.Port)),
 				SYN:  vals[i].Syn,
