@@ -269,14 +269,7 @@ func (d *Daemon) baselineLocked(now time.Time) error {
 		return fmt.Errorf("first read of the data plane (%s): %w", what, err)
 	}
 	d.counters = r.counters
-	snap := detector.Snapshot{Time: now, Kernel: r.kernel}
-	for _, s := range r.services {
-		snap.Services = append(snap.Services, detector.ServiceCounters{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK})
-	}
-	for _, b := range r.bans {
-		snap.Bans = append(snap.Bans, detector.BanCounters{Prefix: b.Prefix, Dropped: b.Dropped})
-	}
-	d.applyLocked(now, d.engine.Observe(snap))
+	d.applyLocked(now, d.engine.Observe(snapshotOf(now, r)))
 	return nil
 }
 

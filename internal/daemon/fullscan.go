@@ -118,7 +118,7 @@ func (d *Daemon) fullScanLocked(now time.Time, snap detector.Snapshot) (dec dete
 				if !d.changedSince(s, watched, lastFull) {
 					continue
 				}
-				chunk = append(chunk, detector.SourceCounters{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK, RST: s.RST, FirstSeen: s.FirstSeen})
+				chunk = append(chunk, sourceCounters(s))
 				if watched {
 					cands = append(cands, s)
 				} else if newCands < room && d.watchWorthy(now, s) {
@@ -196,10 +196,8 @@ func (d *Daemon) topScan(k int) ([]api.SourceRow, error) {
 			r := api.SourceRow{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK, RST: s.RST, HalfOpenShare: halfOpen(s.SYN, s.ACK), LastSeen: s.LastSeen}
 			if w, ok := d.watch[s.Addr]; ok && !w.at.IsZero() {
 				r.SYNPerSecond = w.rate
-			} else if life := s.LastSeen.Sub(s.FirstSeen).Seconds(); life > 1 {
-				r.SYNPerSecond = float64(s.SYN) / life
 			} else {
-				r.SYNPerSecond = float64(s.SYN)
+				r.SYNPerSecond = lifeRate(s)
 			}
 			all = keep(append(all, r))
 			if s.SYN >= minScanSYN || s.ACK >= minScanSYN {

@@ -150,19 +150,14 @@ func (d *Daemon) Poll(now time.Time) {
 	// snapshot (fullScanLocked keeps those, see changedSince), so it
 	// is Complete; the sources below minScanSYN it leaves out cannot be
 	// flagged anyway.
-	snap := detector.Snapshot{Time: now, Complete: full, Kernel: r.kernel}
+	snap := snapshotOf(now, r)
+	snap.Complete = full
 	snap.Sources = make([]detector.SourceCounters, len(sources))
 	for i, s := range sources {
-		snap.Sources[i] = detector.SourceCounters{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK, RST: s.RST, FirstSeen: s.FirstSeen}
+		snap.Sources[i] = sourceCounters(s)
 	}
-	snap.Services = make([]detector.ServiceCounters, len(r.services))
-	for i, s := range r.services {
-		snap.Services[i] = detector.ServiceCounters{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK}
-	}
-	snap.Bans = make([]detector.BanCounters, len(r.bans))
 	live := make(map[netip.Prefix]bool, len(r.bans))
-	for i, b := range r.bans {
-		snap.Bans[i] = detector.BanCounters{Prefix: b.Prefix, Dropped: b.Dropped}
+	for _, b := range r.bans {
 		live[b.Prefix] = true
 	}
 	// Kernel expiry is the truth: forget records of bans that expired
@@ -209,6 +204,33 @@ func (d *Daemon) Poll(now time.Time) {
 	if took > d.cfg.PollInterval/2 {
 		d.log.Warn("slow poll", "took", took, "read", read, "detect", detect, "sources", listed, "full_scan", full, "scan", scan)
 	}
+}
+
+// snapshotOf is the detector's snapshot of a reading, without sources.
+func snapshotOf(now time.Time, r reading) detector.Snapshot {
+	snap := detector.Snapshot{Time: now, Kernel: r.kernel,
+		Services: make([]detector.ServiceCounters, len(r.services)),
+		Bans:     make([]detector.BanCounters, len(r.bans))}
+	for i, s := range r.services {
+		snap.Services[i] = detector.ServiceCounters{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK}
+	}
+	for i, b := range r.bans {
+		snap.Bans[i] = detector.BanCounters{Prefix: b.Prefix, Dropped: b.Dropped}
+	}
+	return snap
+}
+
+func sourceCounters(s api.Source) detector.SourceCounters {
+	return detector.SourceCounters{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK, RST: s.RST, FirstSeen: s.FirstSeen}
+}
+
+// lifeRate is a source's SYN rate over its entry's life: the best figure
+// for a source read for the first time.
+func lifeRate(s api.Source) float64 {
+	if life := s.LastSeen.Sub(s.FirstSeen).Seconds(); life > 1 {
+		return float64(s.SYN) / life
+	}
+	return float64(s.SYN)
 }
 
 // scanBudget is the share of one core that periodic full scans may use:
@@ -275,12 +297,7 @@ func (d *Daemon) updateWatchLocked(now time.Time, sources []api.Source, full boo
 			if !full || !d.watchWorthy(now, s) || len(d.watch) >= d.cfg.WatchMax {
 				continue
 			}
-			w = &watched{active: now}
-			if life := s.LastSeen.Sub(s.FirstSeen).Seconds(); life > 1 {
-				w.rate = float64(s.SYN) / life
-			} else {
-				w.rate = float64(s.SYN)
-			}
+			w = &watched{active: now, rate: lifeRate(s)}
 			d.watch[s.Addr] = w
 		} else if !w.at.IsZero() {
 			dt := now.Sub(w.at).Seconds()
