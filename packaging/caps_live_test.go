@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/synguard/synguard/bpf"
+	"github.com/synguard/synguard/internal/e2e"
 	"github.com/synguard/synguard/internal/testbed"
 )
 
@@ -41,19 +41,7 @@ const (
 var capBits = map[string]uint{"net_admin": 12, "sys_admin": 21, "sys_resource": 24, "perfmon": 38, "bpf": 39}
 
 // cleanPins removes pin directories a killed run left behind.
-func cleanPins() {
-	dirs, _ := filepath.Glob(pinGlob)
-	for _, d := range dirs {
-		subs, _ := filepath.Glob(filepath.Join(d, "*"))
-		for _, s := range subs {
-			if st, err := os.Stat(s); err == nil && st.IsDir() {
-				_ = bpf.Remove(s)
-			}
-		}
-		_ = bpf.Remove(d)
-		_ = os.RemoveAll(d)
-	}
-}
+func cleanPins() { _ = e2e.CleanPins(pinGlob) }
 
 // newBed creates the namespaces (server + attacker) and a fresh pin dir.
 func newBed(t *testing.T) (*testbed.Bed, string) {

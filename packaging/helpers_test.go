@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/synguard/synguard/internal/e2e"
 )
 
 // repoRoot is the module root: tests run in packaging/.
@@ -54,7 +56,7 @@ var (
 	buildOnce sync.Once
 	buildDir  string
 	buildErr  error
-	buildOut  []byte
+	buildBin  string
 )
 
 // synguardBinary builds ./cmd/synguard once per test binary run.
@@ -62,18 +64,14 @@ func synguardBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		buildDir, buildErr = os.MkdirTemp("", "synguard-packaging-bin-")
-		if buildErr != nil {
-			return
+		if buildErr == nil {
+			buildBin, buildErr = e2e.Build(context.Background(), buildDir)
 		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, "synguard"), "./cmd/synguard")
-		cmd.Dir = repoRoot(t)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		buildOut, buildErr = cmd.CombinedOutput()
 	})
 	if buildErr != nil {
-		t.Fatalf("go build ./cmd/synguard: %v\n%s", buildErr, buildOut)
+		t.Fatal(buildErr)
 	}
-	return filepath.Join(buildDir, "synguard")
+	return buildBin
 }
 
 // run runs a command and fails the test with its output on error.

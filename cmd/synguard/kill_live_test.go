@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synguard/synguard/internal/e2e"
 	"github.com/synguard/synguard/internal/synproxy"
 	"github.com/synguard/synguard/internal/testbed"
 )
@@ -31,8 +32,8 @@ const (
 // protection ends, and `synguard cleanup` must undo it without a daemon.
 func TestKilledDaemonsProtectionIsUndone(t *testing.T) {
 	testbed.RequireRoot(t)
-	removePinDirs(killPinGlob)
-	t.Cleanup(func() { removePinDirs(killPinGlob) })
+	_ = e2e.CleanPins(killPinGlob)
+	t.Cleanup(func() { _ = e2e.CleanPins(killPinGlob) })
 	bed, err := testbed.New(t, testbed.Config{Prefix: killPrefix, Subnet: killSubnet, Hosts: []string{"cli"}})
 	if err != nil {
 		t.Fatal(err)

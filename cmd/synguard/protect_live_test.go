@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/synguard/synguard/bpf"
 	"github.com/synguard/synguard/detector"
 	"github.com/synguard/synguard/internal/api"
+	"github.com/synguard/synguard/internal/e2e"
 	"github.com/synguard/synguard/internal/testbed"
 )
 
@@ -29,20 +29,7 @@ const (
 	pwPinGlob = "/sys/fs/bpf/synguard-test-pw-*"
 )
 
-func cleanPWPins() { removePinDirs(pwPinGlob) }
-
-// removePinDirs detaches and removes every per-interface pin directory
-// under the bpffs directories glob matches, then those directories.
-func removePinDirs(glob string) {
-	dirs, _ := filepath.Glob(glob)
-	for _, d := range dirs {
-		subs, _ := filepath.Glob(filepath.Join(d, "*"))
-		for _, s := range subs {
-			bpf.Remove(s)
-		}
-		os.Remove(d)
-	}
-}
+func cleanPWPins() { _ = e2e.CleanPins(pwPinGlob) }
 
 // TestAutomaticProtectionDuringSpoofedFlood runs the real `synguard run`
 // in enforce mode on an overloaded server (SYN cookies off, backlog 64),

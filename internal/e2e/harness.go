@@ -72,6 +72,7 @@ func CleanPins(glob string) error {
 				}
 			}
 		}
+		_ = bpf.Remove(d) // a pin directory of its own (a capability probe's); an error here leaves RemoveAll to try
 		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, fmt.Errorf("remove %s: %w", d, err))
 		}
