@@ -142,7 +142,7 @@ func (c Counters) sub(o Counters) Counters {
 		TCP: c.TCP - o.TCP, SYN: c.SYN - o.SYN, SYNACK: c.SYNACK - o.SYNACK, ACK: c.ACK - o.ACK,
 		RST: c.RST - o.RST, TCPOther: c.TCPOther - o.TCPOther, Dropped: c.Dropped - o.Dropped,
 		WouldDrop: c.WouldDrop - o.WouldDrop, Allowlisted: c.Allowlisted - o.Allowlisted,
-		SuspectsLost: c.SuspectsLost - o.SuspectsLost,
+		SuspectsLost: c.SuspectsLost - o.SuspectsLost, BanCacheDrops: c.BanCacheDrops - o.BanCacheDrops,
 	}
 }
 

@@ -17,11 +17,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/synguard/synguard/internal/classify"
 	"github.com/synguard/synguard/internal/testbed"
@@ -569,4 +572,84 @@ func TestLiveClassify(t *testing.T) {
 func isVLAN(f []byte) bool {
 	et := uint16(f[12])<<8 | uint16(f[13])
 	return et == 0x8100 || et == 0x88a8
+}
+
+// kernelTick is one jiffy, the ban cache's time unit: the resolution of
+// CLOCK_MONOTONIC_COARSE is 1/HZ (4 ms at HZ=250).
+func kernelTick(t *testing.T) time.Duration {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil || ts.Nano() <= 0 {
+		t.Fatalf("clock_getres(CLOCK_MONOTONIC_COARSE): %v %v", ts, err)
+	}
+	return time.Duration(ts.Nano())
+}
+
+// TestLiveBanCache: on the real receive path, a banned source's flood is
+// dropped by the per-CPU ban cache ("Ban cache" in synguard.c) while its
+// per-source entry is deleted every millisecond. The cache trusts a slot
+// for one tick only, so each CPU sends its first frame of a tick down the
+// full path (which refills the slot and recreates the entry); every other
+// frame must be answered from the cache. The bound is therefore counted in
+// ticks of the flood's own duration, not as a share of frames: it holds at
+// any flood rate and on any machine speed.
+func TestLiveBanCache(t *testing.T) {
+	const n = 5000
+	tick := kernelTick(t)
+	for _, m := range liveModes {
+		t.Run(string(m.mode), func(t *testing.T) {
+			lb := newLiveBed(t, m.mode, m.subnet, nil)
+			if err := lb.atk.DropOutgoingRST(); err != nil {
+				t.Fatal(err)
+			}
+			if err := lb.dp.SetMode(ModeEnforce); err != nil {
+				t.Fatal(err)
+			}
+			if err := lb.dp.Block(netip.PrefixFrom(lb.atk.Addr4, 32), time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			key := addrKey(lb.atk.Addr4)
+			before := counters(t, lb.dp)
+			done := make(chan struct{})
+			deleted := make(chan int)
+			go func() {
+				found := 0
+				for {
+					select {
+					case <-done:
+						deleted <- found
+						return
+					case <-time.After(time.Millisecond):
+					}
+					if lb.dp.objs.Sources.Delete(key) == nil {
+						found++
+					}
+				}
+			}()
+			start := time.Now()
+			sent, err := lb.atk.Flood(context.Background(), testbed.Flood{To: lb.srvAddr(false), Count: n})
+			// Frames still queued on the receive path when hping3 exits
+			// are processed within a NAPI poll; two ticks cover them.
+			time.Sleep(2 * tick)
+			elapsed := time.Since(start)
+			close(done)
+			recreated := <-deleted
+			if err != nil || sent != n {
+				t.Fatalf("flood: sent %d of %d: %v", sent, n, err)
+			}
+			delta := counters(t, lb.dp).sub(before)
+			if delta.Dropped != n {
+				t.Fatalf("dropped %d of the %d SYNs from a banned source", delta.Dropped, n)
+			}
+			cpus := uint64(runtime.NumCPU())
+			ticks := uint64(elapsed/tick) + 2
+			slow := delta.Dropped - delta.BanCacheDrops
+			if delta.BanCacheDrops > delta.Dropped || slow > cpus*ticks {
+				t.Errorf("%d of %d drops took the full path in %v (%d ticks of %v on %d CPUs): want at most one per CPU per tick, %d",
+					slow, n, elapsed, ticks, tick, cpus, cpus*ticks)
+			}
+			t.Logf("%s: %d of %d drops from the ban cache in %v; the per-source entry was recreated and deleted %d times",
+				m.mode, delta.BanCacheDrops, n, elapsed, recreated)
+		})
+	}
 }

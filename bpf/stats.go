@@ -131,6 +131,7 @@ func (d *Datapath) Counters() (Counters, error) {
 		c.WouldDrop += p.WouldDrop
 		c.Allowlisted += p.Allowlisted
 		c.SuspectsLost += p.SuspectsLost
+		c.BanCacheDrops += p.BanCacheDrops
 	}
 	c.TCP = c.SYN + c.SYNACK + c.ACK + c.RST + c.TCPOther
 	return c, nil

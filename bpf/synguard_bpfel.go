@@ -33,14 +33,15 @@ type synguardBanRef struct {
 }
 
 type synguardGlobalCounters struct {
-	_            structs.HostLayout
-	Frames       uint64
-	Kind         [9]uint64
-	Dropped      uint64
-	WouldDrop    uint64
-	Allowlisted  uint64
-	SuspectsLost uint64
-	BanCacheTick uint64
+	_             structs.HostLayout
+	Frames        uint64
+	Kind          [9]uint64
+	Dropped       uint64
+	WouldDrop     uint64
+	Allowlisted   uint64
+	SuspectsLost  uint64
+	BanCacheDrops uint64
+	BanCacheTick  uint64
 }
 
 type synguardLpmKey struct {

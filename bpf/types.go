@@ -213,6 +213,11 @@ type Counters struct {
 	Allowlisted uint64
 	// SuspectsLost counts suspect events lost to a full ring buffer.
 	SuspectsLost uint64
+	// BanCacheDrops counts the Dropped frames that the per-CPU ban cache
+	// answered without a per-source lookup ("Ban cache" in synguard.c). It
+	// shows that the cheap path carries a banned flood, and it is the one
+	// figure that only that path moves, so tests can prove it ran.
+	BanCacheDrops uint64
 }
 
 // Suspect is an early warning: a source sent SYNs SYNs since its last ACK.
