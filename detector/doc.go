@@ -52,7 +52,11 @@
 // A service (local address:port) is flagged when its SYN rate departs from
 // a slowly learned baseline (one-sided CUSUM over standard deviations of the
 // baseline) and the extra SYNs are mostly not matched by extra ACKs, even if
-// no single source crosses the per-source bar. Sources are attributed to a
+// no single source crosses the per-source bar. Until the baseline has
+// learned from a fifth of Config.ServiceBaseline of normal traffic, the
+// floors Config.ServiceSYNRate and Config.ServiceHalfOpen alone decide, so
+// a service flooded from its first second is flagged at once; a flood is
+// never learned as a baseline. Sources are attributed to a
 // service incident by time, not by destination: the data plane's per-source
 // entries do not record where a SYN went. For the same reason the SYNs of
 // individually flagged sources are subtracted from every service's rate, so

@@ -106,8 +106,10 @@ type Incident struct {
 	// banned its SYN figures stop moving (dropped packets are not counted
 	// per source), and this says whether it is still pushing.
 	DroppedPerSecond float64 `json:"dropped_per_second,omitempty"`
-	// SYNPerSecond and HalfOpenShare are the smoothed figures that fired or
-	// last updated the incident.
+	// SYNPerSecond and HalfOpenShare are the figures that fired or last
+	// updated the incident: for a service, the higher of the last
+	// interval's and the smoothed SYN rate, and the half-open share of the
+	// SYNs above its baseline (of all its SYNs while it has none).
 	SYNPerSecond  float64 `json:"syn_per_second"`
 	HalfOpenShare float64 `json:"half_open_share"`
 	// PeakSYNPerSecond is the highest smoothed SYN rate seen.

@@ -106,51 +106,102 @@ func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *D
 			sv.inc.ACK += dack
 		}
 
+		// A baseline still being learned holds normal traffic only (see
+		// learnService), so it says which SYNs and ACKs are extra; it is
+		// too short for its spread to be trusted, so it cannot open an
+		// incident by CUSUM, and its limit is at least the floor.
+		// The rates judged: the smoothed ones, or this interval's when it
+		// is busier, so that a flood at the floor is seen in its first
+		// interval instead of after the EWMA has caught up with it (63%
+		// of the way after one Window).
+		rate, ackRate := sv.synRate, sv.ackRate
+		if x > rate {
+			rate, ackRate = x, xack
+		}
+		learned := sv.w >= learnedWeight
 		mu, sd, muAck := sv.baseline()
 		limit := mu + d.cfg.ServiceDeviations*sd
-		if sv.w > 0 {
-			sv.cusum = math.Max(0, sv.cusum+(x-limit)*dt)
+		if !learned {
+			limit = math.Max(limit, d.cfg.ServiceSYNRate)
 		}
 		// The share of the SYNs above the baseline that are not matched by
 		// ACKs above the baseline: a flash crowd brings its ACKs, a flood
-		// does not.
-		extra := sv.synRate - mu
+		// does not. With no baseline at all, every SYN is "extra".
+		extra := rate - mu
 		extraShare := 0.0
 		if extra > 0 {
-			extraShare = math.Max(0, math.Min(1, (extra-(sv.ackRate-muAck))/extra))
+			extraShare = math.Max(0, math.Min(1, (extra-(ackRate-muAck))/extra))
 		}
-		// CUSUM opens the incident; it stays open while the rate of this
-		// interval is above the limit. The sum is capped so that it drains
-		// within seconds once the flood stops.
-		h := d.cfg.ServiceCUSUM * sd
-		sv.cusum = math.Min(sv.cusum, 2*h)
-		alarm := sv.w > 0 && sv.synRate >= d.cfg.ServiceSYNRate && extraShare >= d.cfg.ServiceHalfOpen &&
-			((sv.inc == nil && sv.cusum >= h) || (sv.inc != nil && x > limit))
+		// A learned baseline: CUSUM opens the incident; it stays open while
+		// the rate of this interval is above the limit. The sum is capped so
+		// that it drains within seconds once the flood stops. No learned
+		// baseline (a new service, a daemon with no saved state): the
+		// absolute floors alone open it, from the first sample on.
+		// Opening also needs the smoothed rate at the threshold the incident
+		// reports, so that its figures never contradict its opening.
+		var opens bool
+		if learned {
+			h := d.cfg.ServiceCUSUM * sd
+			sv.cusum = math.Min(math.Max(0, sv.cusum+(x-limit)*dt), 2*h)
+			opens = sv.cusum >= h && rate >= limit
+		} else {
+			sv.cusum = 0
+			opens = extra >= d.cfg.ServiceSYNRate && rate >= limit
+		}
+		alarm := rate >= d.cfg.ServiceSYNRate && extraShare >= d.cfg.ServiceHalfOpen &&
+			((sv.inc == nil && opens) || (sv.inc != nil && x > limit))
 		if alarm {
 			sv.lastAlarm = now
-			d.alarmService(sv, now, mu, sd, limit, extraShare, dsyn, dack, out)
+			d.alarmService(sv, now, rate, ackRate, mu, sd, limit, extraShare, learned, dsyn, dack, out)
 		} else if sv.inc == nil {
-			// Learn only from normal traffic, and clip outliers at the limit
-			// so that a ramping flood cannot teach the baseline.
-			xc := x
-			if sv.w > 0 {
-				xc = math.Min(x, limit)
-			}
-			dec := math.Exp(-dt / d.cfg.ServiceBaseline.Seconds())
-			sv.w = dec*sv.w + (1 - dec)
-			sv.m1 = dec*sv.m1 + (1-dec)*xc
-			sv.m2 = dec*sv.m2 + (1-dec)*xc*xc
-			sv.mack = dec*sv.mack + (1-dec)*xack
+			d.learnService(sv, x, xack, dt, learned, limit)
 		}
 	}
 }
 
-func (d *Detector) alarmService(sv *service, now int64, mu, sd, limit, extraShare float64, dsyn, dack uint64, out *Decisions) {
-	share := halfOpen(sv.synRate, sv.ackRate)
+// learnedWeight is the weight a service's baseline must reach before it is
+// trusted: a fifth of detector.service_baseline of normal traffic (60 s at
+// the default 5 min). Until then the service is judged against the floors
+// service_syn_rate and service_half_open alone, so a service flooded from
+// its first second, or while the daemon has no saved baseline, is flagged.
+var learnedWeight = 1 - math.Exp(-0.2)
+
+// learnService teaches the baseline one interval of normal traffic. A flood
+// is never learned: with no learned baseline an interval at or above both
+// floors is skipped; with one, the rate is clipped at the limit, and its
+// ACKs with it in proportion (unclipped ACKs would let a burst teach an ACK
+// baseline that later makes a flash crowd's ACKs look missing).
+func (d *Detector) learnService(sv *service, x, xack, dt float64, learned bool, limit float64) {
+	if learned {
+		if x > limit {
+			xack *= limit / x
+			x = limit
+		}
+	} else if x >= d.cfg.ServiceSYNRate && halfOpen(x, xack) >= d.cfg.ServiceHalfOpen {
+		return
+	}
+	dec := math.Exp(-dt / d.cfg.ServiceBaseline.Seconds())
+	sv.w = dec*sv.w + (1 - dec)
+	sv.m1 = dec*sv.m1 + (1-dec)*x
+	sv.m2 = dec*sv.m2 + (1-dec)*x*x
+	sv.mack = dec*sv.mack + (1-dec)*xack
+}
+
+func (d *Detector) alarmService(sv *service, now int64, rate, ackRate, mu, sd, limit, extraShare float64, learned bool, dsyn, dack uint64, out *Decisions) {
+	share := halfOpen(rate, ackRate)
 	addr := sv.addr.String()
-	reason := fmt.Sprintf("service %s receives %s SYN/s from sources not flagged individually (smoothed over %v) against a baseline of %s ± %s SYN/s (CUSUM %s ≥ %s); %s of the extra SYNs are half-open (overall %s); thresholds: %s SYN/s, %s half-open",
-		addr, num(sv.synRate), d.cfg.Window, num(mu), num(sd), num(sv.cusum/sd), num(d.cfg.ServiceCUSUM),
-		pct(extraShare), pct(share), num(math.Max(d.cfg.ServiceSYNRate, limit)), pct(d.cfg.ServiceHalfOpen))
+	var reason string
+	if learned {
+		reason = fmt.Sprintf("service %s receives %s SYN/s from sources not flagged individually (over the last interval or smoothed over %v, whichever is higher) against a baseline of %s ± %s SYN/s (CUSUM %s ≥ %s); %s of the extra SYNs are half-open (overall %s); thresholds: %s SYN/s, %s half-open",
+			addr, num(rate), d.cfg.Window, num(mu), num(sd), num(sv.cusum/sd), num(d.cfg.ServiceCUSUM),
+			pct(extraShare), pct(share), num(math.Max(d.cfg.ServiceSYNRate, limit)), pct(d.cfg.ServiceHalfOpen))
+	} else {
+		learnt := time.Duration(-math.Log1p(-sv.w) * float64(d.cfg.ServiceBaseline)).Round(time.Second)
+		need := time.Duration(-math.Log1p(-learnedWeight) * float64(d.cfg.ServiceBaseline)).Round(time.Second)
+		reason = fmt.Sprintf("service %s receives %s SYN/s from sources not flagged individually (over the last interval or smoothed over %v, whichever is higher); its baseline (%s SYN/s) has learned from %v of normal traffic, not yet the %v it needs, so it is judged against the floors; %s of the extra SYNs are half-open (overall %s); thresholds: %s SYN/s, %s half-open",
+			addr, num(rate), d.cfg.Window, num(mu), learnt, need,
+			pct(extraShare), pct(share), num(limit), pct(d.cfg.ServiceHalfOpen))
+	}
 	if sv.inc == nil {
 		if d.open >= d.cfg.MaxIncidents {
 			return
@@ -161,11 +212,11 @@ func (d *Detector) alarmService(sv *service, now int64, mu, sd, limit, extraShar
 		inc.HalfOpenThreshold = d.cfg.ServiceHalfOpen
 		inc.BaselineSYNPerSecond = mu
 		sv.inc = inc
-		d.fillIncident(inc, sv.synRate, share, reason, now)
+		d.fillIncident(inc, rate, extraShare, reason, now)
 		out.Incidents = append(out.Incidents, inc.Incident)
 		return
 	}
-	d.updateIncident(sv.inc, sv.synRate, share, reason, now, out)
+	d.updateIncident(sv.inc, rate, extraShare, reason, now, out)
 }
 
 // UnderFlood reports whether service a has an open distributed-flood

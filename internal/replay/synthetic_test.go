@@ -160,6 +160,39 @@ func TestSyntheticCaptures(t *testing.T) {
 			wantServices: []string{"10.0.0.1:443"}, start: 5 * time.Second, flaggedBy: 2 * time.Second,
 		},
 		{
+			// Launch day: the capture starts with the flood; the service
+			// has no history, and real users keep booking through it.
+			name: "service flooded from its first second",
+			build: func(c *capture) {
+				r := rand.New(rand.NewPCG(7, 8))
+				for t := time.Duration(0); t < 6*time.Second; t += time.Second / 5000 {
+					src := netip.AddrFrom4([4]byte{byte(1 + r.IntN(222)), byte(r.IntN(256)), byte(r.IntN(256)), byte(r.IntN(256))})
+					c.add(t, netip.AddrPortFrom(src, c.port()), server4, frame.FlagSYN)
+				}
+				c.clients(clientNet, 5, 2, 6*time.Second, server4)
+			},
+			wantServices: []string{"10.0.0.1:443"}, start: 0, flaggedBy: 2 * time.Second,
+		},
+		{
+			// 160 new clients arrive within a second after a quiet
+			// minute; each fetches a page twice, and the listen queue's
+			// overflow makes a third of them retransmit their first SYN.
+			name: "flash crowd of new clients completing their handshakes",
+			build: func(c *capture) {
+				c.clients(clientNet, 5, 1, 80*time.Second, server4)
+				for i := range 160 {
+					a := netip.AddrFrom4([4]byte{100, 64, byte(i / 200), byte(1 + i%200)})
+					t := 60*time.Second + time.Duration(i)*6*time.Millisecond
+					if i%3 == 0 {
+						c.add(t, netip.AddrPortFrom(a, c.port()), server4, frame.FlagSYN)
+						t += time.Second
+					}
+					c.conn(t, a, server4)
+					c.conn(t+300*time.Millisecond, a, server4)
+				}
+			},
+		},
+		{
 			name: "NAT gateway with heavy legitimate traffic",
 			build: func(c *capture) {
 				c.clients(clientNet, 20, 5, 10*time.Second, server4)

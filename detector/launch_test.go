@@ -1,0 +1,228 @@
+package detector
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Launch day (issue 12): a service with no history is judged against the
+// absolute floors, a flood is never learned as its baseline, and a surge of
+// sources that complete their handshakes is not a flood.
+
+// spoofed sends n SYNs to v from n random addresses, none of which answers.
+func spoofed(s *sim, r *rand.Rand, v netip.AddrPort, n int) {
+	for range n {
+		s.send(netip.AddrFrom4([4]byte{byte(1 + r.IntN(223)), byte(r.IntN(256)), byte(r.IntN(256)), byte(r.IntN(256))}), v, 1, 0)
+	}
+}
+
+// crowd sends one completed connection (a SYN, then the handshake ACK and
+// a few data ACKs) from each of n new sources, numbered from first.
+func crowd(s *sim, v netip.AddrPort, first, n int) {
+	for i := range n {
+		j := first + i
+		s.send(netip.AddrFrom4([4]byte{100, 64 + byte(j>>16), byte(j >> 8), byte(j)}), v, 1, 3)
+	}
+}
+
+// openedServiceAt returns when the first service incident for v opened, or
+// the zero time.
+func openedServiceAt(s *sim, v netip.AddrPort) (Incident, bool) {
+	for _, dec := range s.all {
+		for _, inc := range dec.Incidents {
+			if inc.Kind == KindService && inc.Stage == StageOpened && inc.Addr == v.String() {
+				return inc, true
+			}
+		}
+	}
+	return Incident{}, false
+}
+
+// The launch-day portal: the daemon is running, the service has never had
+// a SYN, and a spoofed flood hits it from its first second. The incident
+// opens at the first snapshot that sees the flood, and the flood is not
+// learned: once it stops, the service has no baseline built from it.
+func TestNewServiceFloodedFromFirstSecond(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	s := newSim(t, DefaultConfig(), Options{Enforce: true})
+	portal := addrPort("10.0.0.1:8443")
+	start := s.now
+	for range 8 {
+		spoofed(s, r, portal, 5000)
+		clients(s, 3, 1) // real users keep booking
+		s.tick(time.Second)
+	}
+	inc, ok := openedServiceAt(s, portal)
+	if !ok {
+		t.Fatal("no service incident for a service flooded from its first second")
+	}
+	if d := inc.OpenedAt.Sub(start); d > 2*time.Second {
+		t.Errorf("incident opened %v after the flood's first SYN, want ≤ 2s", d)
+	}
+	if !strings.Contains(inc.Reason, "judged against the floors") {
+		t.Errorf("reason %q should say the service has no learned baseline", inc.Reason)
+	}
+	if sv := s.d.svcs[portal]; sv == nil || sv.w != 0 {
+		t.Errorf("the flood was learned as the baseline: %+v", sv)
+	}
+}
+
+// A daemon (re)started in the middle of a flood, with no saved baseline:
+// its first snapshot holds cumulative counts of unknown age (a baseline,
+// see the package doc); the next one, a poll later, opens the incident.
+func TestDaemonStartedMidFlood(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	s := newSim(t, DefaultConfig(), Options{Enforce: true})
+	portal := addrPort("10.0.0.1:8443")
+	for range 5 {
+		spoofed(s, r, portal, 5000)
+		s.tick(time.Second)
+	}
+	// Restart: a fresh detector whose first snapshot sees the counters as
+	// they are, mid-flood.
+	s.d = New(DefaultConfig(), Options{Enforce: true})
+	s.all = nil
+	spoofed(s, r, portal, 5000)
+	started := s.now
+	s.tick(time.Second) // the new detector's baseline snapshot
+	for range 3 {
+		spoofed(s, r, portal, 5000)
+		s.tick(time.Second)
+	}
+	inc, ok := openedServiceAt(s, portal)
+	if !ok {
+		t.Fatal("no service incident after a restart in the middle of a flood")
+	}
+	if d := inc.OpenedAt.Sub(started); d > 2*time.Second {
+		t.Errorf("incident opened %v after the restart, want ≤ 2s", d)
+	}
+}
+
+// Property: after any prefix of normal traffic (none, seconds, minutes),
+// a flood at or above the floors with a high half-open share opens a
+// service incident within 2 s of its first SYN.
+func TestPropertyFloodAfterAnyPrefixOpensWithin2s(t *testing.T) {
+	cfg := DefaultConfig()
+	for seed := range uint64(60) {
+		r := rand.New(rand.NewPCG(seed, 12))
+		s := newSim(t, cfg, Options{})
+		v := addrPort("10.0.0.1:443")
+		normal := []int{0, 1, 2, 5, 10, 30, 59, 61, 120, 400}[r.IntN(10)]
+		users := r.IntN(40)
+		for range normal {
+			clients(s, users, uint64(1+r.IntN(5)))
+			s.tick(time.Second)
+		}
+		// At least the floor on top of the normal traffic, up to 100x it.
+		rate := int(cfg.ServiceSYNRate) + users*5 + r.IntN(100*int(cfg.ServiceSYNRate))
+		start := s.now
+		for range 3 {
+			clients(s, users, 1)
+			spoofed(s, r, v, rate)
+			s.tick(time.Second)
+		}
+		inc, ok := openedServiceAt(s, v)
+		if !ok || inc.OpenedAt.Sub(start) > 2*time.Second {
+			t.Fatalf("seed %d: %ds of normal traffic (%d users), then %d SYN/s spoofed: incident %v at %v, want within 2s of %v",
+				seed, normal, users, rate, ok, inc.OpenedAt, start)
+		}
+	}
+}
+
+// Property: a surge of new sources whose handshakes all complete never
+// opens a flood incident and bans nothing, whatever came before it and
+// however large it is (up to 100x the floor).
+func TestPropertyCompletedSurgeIsNoFlood(t *testing.T) {
+	cfg := DefaultConfig()
+	for seed := range uint64(60) {
+		r := rand.New(rand.NewPCG(seed, 13))
+		s := newSim(t, cfg, Options{Enforce: true})
+		v := addrPort("10.0.0.1:443")
+		normal := []int{0, 1, 3, 10, 61, 300}[r.IntN(6)]
+		users := r.IntN(30)
+		for range normal {
+			clients(s, users, uint64(1+r.IntN(3)))
+			s.tick(time.Second)
+		}
+		next := 0
+		for range 1 + r.IntN(10) {
+			n := r.IntN(100 * int(cfg.ServiceSYNRate))
+			crowd(s, v, next, n)
+			next += n
+			clients(s, users, 1)
+			s.tick(time.Duration(500+r.IntN(1000)) * time.Millisecond)
+		}
+		for range 40 {
+			clients(s, users, 1)
+			s.tick(time.Second)
+		}
+		for _, dec := range s.all {
+			if len(dec.Bans) > 0 {
+				t.Fatalf("seed %d: a surge of completed handshakes banned %v", seed, dec.Bans)
+			}
+			for _, inc := range dec.Incidents {
+				t.Fatalf("seed %d: a surge of completed handshakes opened %s incident: %s", seed, inc.Kind, inc.Reason)
+			}
+		}
+	}
+}
+
+// Property: no incident's reason contradicts its own figures. Whatever
+// the traffic (normal, floods, crowds, mixed, on fresh and learned
+// services), every opened incident's smoothed rate and half-open share are
+// at or above the thresholds it reports, and the reason quotes them.
+func TestPropertyReasonMatchesFigures(t *testing.T) {
+	cfg := DefaultConfig()
+	for seed := range uint64(40) {
+		r := rand.New(rand.NewPCG(seed, 14))
+		s := newSim(t, cfg, Options{})
+		v := addrPort("10.0.0.1:443")
+		users := r.IntN(40)
+		next := 0
+		for range 200 {
+			clients(s, users, uint64(1+r.IntN(5)))
+			switch r.IntN(6) {
+			case 0:
+				spoofed(s, r, v, r.IntN(3000))
+			case 1:
+				n := r.IntN(3000)
+				crowd(s, v, next, n)
+				next += n
+			}
+			s.tick(time.Duration(500+r.IntN(1000)) * time.Millisecond)
+		}
+		for _, dec := range s.all {
+			for _, inc := range dec.Incidents {
+				if inc.Stage != StageOpened {
+					continue
+				}
+				if inc.SYNPerSecond < inc.SYNThreshold || inc.HalfOpenShare < inc.HalfOpenThreshold {
+					t.Fatalf("seed %d: %s incident opened below its own thresholds: %.1f SYN/s (bar %.1f), %.2f half-open (bar %.2f): %s",
+						seed, inc.Kind, inc.SYNPerSecond, inc.SYNThreshold, inc.HalfOpenShare, inc.HalfOpenThreshold, inc.Reason)
+				}
+				for _, quoted := range []string{num(inc.SYNPerSecond) + " SYN/s", pct(inc.HalfOpenShare) + " of the", num(inc.SYNThreshold) + " SYN/s"} {
+					if !strings.Contains(inc.Reason, quoted) {
+						t.Fatalf("seed %d: reason %q does not quote %q", seed, inc.Reason, quoted)
+					}
+				}
+			}
+		}
+	}
+}
+
+func ExampleIncident_launchDay() {
+	s := &sim{d: New(DefaultConfig(), Options{}), now: t0,
+		src: map[netip.Addr]*SourceCounters{}, svc: map[netip.AddrPort]*ServiceCounters{},
+		moved: map[netip.Addr]bool{}, drops: map[netip.Prefix]uint64{}, bans: map[netip.Prefix]Ban{}}
+	s.d.Observe(Snapshot{Time: s.now})
+	r := rand.New(rand.NewPCG(5, 6))
+	spoofed(s, r, addrPort("10.0.0.1:8443"), 4000)
+	for _, inc := range s.tick(time.Second).Incidents {
+		fmt.Println(inc.Kind, inc.Stage, inc.Addr)
+	}
+	// Output: service opened 10.0.0.1:8443
+}
