@@ -479,3 +479,37 @@ func TestRestoredServiceIncidentCountsDistinctSources(t *testing.T) {
 		t.Error("the service incident did not survive the restore")
 	}
 }
+
+// Lift forgets an operator-lifted ban but keeps the offence: the next
+// flood is banned again, as a second offence.
+func TestLiftThenRenewedFloodBansAgain(t *testing.T) {
+	s := newSim(t, DefaultConfig(), Options{Enforce: true})
+	a := addr("203.0.113.9")
+	host := netip.PrefixFrom(a, 32)
+	for range 3 {
+		s.send(a, web, 500, 0)
+		s.tick(time.Second)
+	}
+	if _, ok := s.bans[host]; !ok {
+		t.Fatal("not banned")
+	}
+	if !s.d.Lift(host) || s.d.Lift(host) {
+		t.Fatal("Lift reports the ban once, then no more")
+	}
+	delete(s.bans, host) // the operator's unblock, in the kernel
+	if ex := s.d.Explain(a); ex.Ban != nil {
+		t.Fatalf("explain after Lift: %+v", ex.Ban)
+	}
+	var again *Ban
+	for range 3 {
+		s.send(a, web, 500, 0)
+		for _, b := range s.tick(time.Second).Bans {
+			if b.Prefix == host {
+				again = &b
+			}
+		}
+	}
+	if again == nil || again.Offence != 2 {
+		t.Fatalf("renewed flood after Lift: ban %+v, want a second offence", again)
+	}
+}

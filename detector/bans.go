@@ -160,6 +160,20 @@ func (d *Detector) addBan(p netip.Prefix, now int64, inc *incident, reason strin
 	out.Bans = append(out.Bans, b.Ban)
 }
 
+// Lift forgets the ban on exactly p because an operator lifted it (the
+// daemon has already removed it from the kernel). The offence stays on
+// record, so a renewed flood from p is banned again, for longer; without
+// this the detector would keep the ban as covering p, ban nothing more and
+// explain a ban that no longer exists. It reports whether p was banned.
+func (d *Detector) Lift(p netip.Prefix) bool {
+	p = p.Masked()
+	if d.bans[p] == nil {
+		return false
+	}
+	delete(d.bans, p)
+	return true
+}
+
 func (d *Detector) lift(p netip.Prefix, out *Decisions) {
 	delete(d.bans, p)
 	out.Unbans = append(out.Unbans, p)

@@ -300,6 +300,9 @@ func (d *Daemon) Unblock(ctx context.Context, p netip.Prefix) error {
 		return fmt.Errorf("unblock %s: %w", p, err)
 	}
 	delete(d.st.Bans, p)
+	if d.engine != nil {
+		d.engine.Lift(p)
+	}
 	d.dirty = true
 	d.saveLocked(d.clock(), true)
 	d.log.Warn("ban lifted manually", "prefix", p)

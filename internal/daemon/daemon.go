@@ -68,6 +68,9 @@ type Engine interface {
 	SetProtected(t time.Time, p []netip.Prefix) detector.Decisions
 	Open() []detector.Incident
 	Explain(addr netip.Addr) detector.Explanation
+	// Lift forgets a ban an operator lifted, so a renewed flood is
+	// banned again.
+	Lift(p netip.Prefix) bool
 	// State is the escalation history, bans and open incidents.
 	State() detector.State
 	Restore(detector.State) error

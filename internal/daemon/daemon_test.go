@@ -744,3 +744,58 @@ func TestEarlyWarningRightAfterStart(t *testing.T) {
 		t.Error("early warning before the first poll ignored: the detector has no time base")
 	}
 }
+
+// Issue 12: `synguard unblock` of a detector ban lifts it in the detector
+// too. Before, the detector kept the ban as covering the source: a renewed
+// flood opened an incident but banned nothing, and explain (also after a
+// restart) reported the lifted ban as in force.
+func TestUnblockedDetectorBanIsBannedAgainOnRenewedFlood(t *testing.T) {
+	h := newHarness(t, "enforce")
+	for range 3 {
+		h.second(0)
+	}
+	for range 3 {
+		h.second(500)
+	}
+	host := netip.MustParsePrefix("203.0.113.66/32")
+	if _, ok := h.plane.ban(host.String()); !ok {
+		t.Fatal("flooding source not banned")
+	}
+	if err := h.d.Unblock(context.Background(), host); err != nil {
+		t.Fatal(err)
+	}
+	ex, err := h.d.Explain(context.Background(), attacker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if det := ex.Details.(detector.Explanation); ex.Ban != nil || det.Ban != nil {
+		t.Fatalf("explain after unblock still reports a ban: %+v / %+v", ex.Ban, det.Ban)
+	}
+	// A restart must not bring the lifted ban back either.
+	h.start()
+	ex, err = h.d.Explain(context.Background(), attacker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if det := ex.Details.(detector.Explanation); ex.Ban != nil || det.Ban != nil {
+		t.Fatalf("explain after unblock and restart reports a ban: %+v / %+v", ex.Ban, det.Ban)
+	}
+	// The source goes quiet, then floods again: banned again.
+	for range 40 {
+		h.second(0)
+	}
+	for range 5 {
+		h.second(500)
+		if _, ok := h.plane.ban(host.String()); ok {
+			break
+		}
+	}
+	b, ok := h.plane.ban(host.String())
+	if !ok {
+		t.Fatal("renewed flood after unblock was not banned")
+	}
+	bans, _ := h.d.Bans(context.Background())
+	if len(bans) != 1 || bans[0].Origin != api.OriginDetector || !bans[0].Until.Equal(b.Until) {
+		t.Errorf("API bans %+v, want the new detector ban", bans)
+	}
+}
