@@ -105,6 +105,10 @@ func describe(e Event) view {
 	switch {
 	case in.Kind == detector.KindService && in.DistinctSources > 1:
 		from = fmt.Sprintf("%s distinct sources, likely spoofed", group(uint64(in.DistinctSources)))
+		if in.Verdict != "" {
+			// The detector's verdict, with the figure behind it.
+			from = "verdict " + in.VerdictText()
+		}
 		if len(in.TopSources) > 0 {
 			var top []string
 			for _, s := range in.TopSources[:min(3, len(in.TopSources))] {

@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -16,6 +17,25 @@ const (
 	// address:port, where no single source need cross the per-source bar.
 	KindService Kind = "service"
 )
+
+// Verdict says what kind of event an incident is, in one word that
+// operators, alert rules and scripts can act on.
+type Verdict string
+
+const (
+	// VerdictSingleSource: one source floods (a KindSource incident).
+	VerdictSingleSource Verdict = "single-source"
+	// VerdictDistributed: many real sources send SYNs that do not complete
+	// their handshakes (a botnet that does not spoof).
+	VerdictDistributed Verdict = "distributed"
+	// VerdictSpoofed: most sources sent one SYN and were never seen again,
+	// the mark of random spoofed source addresses.
+	VerdictSpoofed Verdict = "spoofed"
+)
+
+// spoofedShare is the share of a flood's half-open sources that sent a
+// single SYN from which the flood counts as spoofed.
+const spoofedShare = 0.5
 
 // Severity ranks incidents so that alert sinks can filter and map them onto
 // their own scales (PagerDuty, Alertmanager labels).
@@ -86,6 +106,9 @@ type Incident struct {
 	Severity Severity `json:"severity"`
 	// Addr is the source address, or ip:port of the service ([v6]:port).
 	Addr string `json:"addr"`
+	// Verdict is what the incident is (single-source, distributed,
+	// spoofed); VerdictText says it with the figure behind it.
+	Verdict Verdict `json:"verdict"`
 	// Source is set for KindSource, Service for KindService.
 	Source  netip.Addr     `json:"-"`
 	Service netip.AddrPort `json:"-"`
@@ -122,9 +145,12 @@ type Incident struct {
 	HalfOpenThreshold    float64 `json:"half_open_threshold"`
 	BaselineSYNPerSecond float64 `json:"baseline_syn_per_second,omitempty"`
 
-	// DistinctSources and TopSources describe a service incident's senders.
-	DistinctSources int            `json:"distinct_sources,omitempty"`
-	TopSources      []SourceFigure `json:"top_sources,omitempty"`
+	// DistinctSources and TopSources describe a service incident's senders;
+	// SingleSYNSources is how many of the distinct ones sent exactly one
+	// SYN (the figure behind the verdict spoofed).
+	DistinctSources  int            `json:"distinct_sources,omitempty"`
+	SingleSYNSources int            `json:"single_syn_sources,omitempty"`
+	TopSources       []SourceFigure `json:"top_sources,omitempty"`
 
 	Kernel KernelImpact `json:"kernel"`
 
@@ -189,4 +215,18 @@ type Protection struct {
 	CookiesValidated uint64 `json:"cookies_validated"`
 	// VerifiedSources is how many sources were verified when last read.
 	VerifiedSources int `json:"verified_sources"`
+}
+
+// VerdictText is the verdict in words with the figure behind it, for alerts
+// and the CLI.
+func (inc Incident) VerdictText() string {
+	switch inc.Verdict {
+	case VerdictSingleSource:
+		return fmt.Sprintf("single-source: one address, %s, sends %s SYN/s, %s half-open", inc.Addr, num(inc.SYNPerSecond), pct(inc.HalfOpenShare))
+	case VerdictSpoofed:
+		return fmt.Sprintf("spoofed: %s of %s distinct sources sent a single SYN and were never seen again", num(float64(inc.SingleSYNSources)), num(float64(inc.DistinctSources)))
+	case VerdictDistributed:
+		return fmt.Sprintf("distributed: %s distinct sources send SYNs that are %s half-open; %s of them sent a single SYN", num(float64(inc.DistinctSources)), pct(inc.HalfOpenShare), num(float64(inc.SingleSYNSources)))
+	}
+	return string(inc.Verdict)
 }

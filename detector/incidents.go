@@ -68,7 +68,14 @@ func (d *Detector) fillIncident(inc *incident, rate, share float64, reason strin
 		svc = inc.Service
 		port = svc.Port()
 		inc.DistinctSources = d.flood.distinct
+		inc.SingleSYNSources = d.flood.single
 		inc.TopSources = d.topSources()
+		inc.Verdict = VerdictDistributed
+		if d.flood.distinct > 0 && float64(d.flood.single) >= spoofedShare*float64(d.flood.distinct) {
+			inc.Verdict = VerdictSpoofed
+		}
+	} else {
+		inc.Verdict = VerdictSingleSource
 	}
 	inc.Kernel = d.kern.impact(inc.kernAtOpen, svc, port, d.cfg.KernelWindow)
 	if inc.Kernel.ListenDrops+inc.Kernel.ReqQFullDrop > 0 {

@@ -362,7 +362,11 @@ type floodEpoch struct {
 	active   bool
 	epoch    uint32
 	distinct int
-	top      []topEntry
+	// single counts the distinct sources that have sent exactly one
+	// half-open SYN in the epoch: the mark of spoofed random sources, each
+	// seen once and never again.
+	single int
+	top    []topEntry
 }
 
 type topEntry struct {
@@ -374,7 +378,7 @@ type topEntry struct {
 func (f *floodEpoch) start() {
 	f.active = true
 	f.epoch++
-	f.distinct = 0
+	f.distinct, f.single = 0, 0
 	f.top = f.top[:0]
 }
 
@@ -384,6 +388,12 @@ func (f *floodEpoch) count(t *sourceTable, i int32, dsyn uint32, k int) {
 	if s.epoch != f.epoch {
 		s.epoch, s.epochSYN = f.epoch, 0
 		f.distinct++
+	}
+	switch {
+	case s.epochSYN == 0 && dsyn == 1:
+		f.single++
+	case s.epochSYN == 1:
+		f.single--
 	}
 	s.epochSYN += dsyn
 	minAt := -1

@@ -26,6 +26,7 @@ func (t jsonTime) MarshalJSON() ([]byte, error) {
 type JSONIncident struct {
 	ID         string    `json:"id"`
 	Kind       string    `json:"kind"`
+	Verdict    string    `json:"verdict"`
 	Addr       string    `json:"addr"`
 	OpenedAt   jsonTime  `json:"opened_at"`
 	ResolvedAt *jsonTime `json:"resolved_at"`
@@ -52,7 +53,7 @@ type JSONReport struct {
 func (r *Report) JSON() JSONReport {
 	out := JSONReport{Packets: r.Packets, Incidents: []JSONIncident{}, Bans: []JSONBan{}}
 	for _, inc := range r.Incidents {
-		j := JSONIncident{ID: inc.ID, Kind: string(inc.Kind), Addr: inc.Addr, OpenedAt: jsonTime(inc.OpenedAt),
+		j := JSONIncident{ID: inc.ID, Kind: string(inc.Kind), Verdict: string(inc.Verdict), Addr: inc.Addr, OpenedAt: jsonTime(inc.OpenedAt),
 			SYN: inc.SYN, ACK: inc.ACK, Reason: inc.Reason}
 		if inc.ResolvedAt != nil {
 			t := jsonTime(*inc.ResolvedAt)
@@ -86,7 +87,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	if len(r.Incidents) > 0 {
 		b.WriteString("\nINCIDENTS\n")
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tKIND\tADDR\tOPENED\tRESOLVED\tSYN\tACK\tDROPPED\tPEAK SYN/S\tHALF-OPEN\tSOURCES")
+		fmt.Fprintln(tw, "ID\tKIND\tVERDICT\tADDR\tOPENED\tRESOLVED\tSYN\tACK\tDROPPED\tPEAK SYN/S\tHALF-OPEN\tSOURCES")
 		for _, inc := range r.Incidents {
 			resolved := "open at end"
 			if inc.ResolvedAt != nil {
@@ -96,7 +97,7 @@ func (r *Report) WriteText(w io.Writer) error {
 			if inc.Kind == detector.KindService {
 				sources = fmt.Sprint(inc.DistinctSources)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%.0f%%\t%s\n", inc.ID, inc.Kind, inc.Addr, rel(inc.OpenedAt), resolved,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%.0f%%\t%s\n", inc.ID, inc.Kind, inc.Verdict, inc.Addr, rel(inc.OpenedAt), resolved,
 				inc.SYN, inc.ACK, inc.Dropped, inc.PeakSYNPerSecond, inc.HalfOpenShare*100, sources)
 		}
 		tw.Flush()
@@ -113,7 +114,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	if len(r.Incidents) > 0 {
 		b.WriteString("\nWHY\n")
 		for _, inc := range r.Incidents {
-			fmt.Fprintf(&b, "%s: %s\n", inc.ID, inc.Reason)
+			fmt.Fprintf(&b, "%s: %s\n  verdict: %s\n", inc.ID, inc.Reason, inc.VerdictText())
 			if inc.Kind == detector.KindService && len(inc.TopSources) > 0 {
 				var top []string
 				for _, s := range inc.TopSources {

@@ -337,7 +337,7 @@ func TestJSONSchema(t *testing.T) {
 	if len(incs) != 2 {
 		t.Fatalf("incidents %v", incs)
 	}
-	want := []string{"ack", "addr", "id", "kind", "opened_at", "reason", "resolved_at", "syn"}
+	want := []string{"ack", "addr", "id", "kind", "opened_at", "reason", "resolved_at", "syn", "verdict"}
 	for _, x := range incs {
 		m := x.(map[string]any)
 		if k := keys(m); !slices.Equal(k, want) {
@@ -430,5 +430,58 @@ func TestObserveAndProtected(t *testing.T) {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text output lacks %q:\n%s", want, text.String())
 		}
+	}
+}
+
+// Every incident says what it is: a single source, spoofed random sources
+// (most sent one SYN), or a distributed flood from real sources that never
+// complete their handshakes (40 slow bots at 25 SYN/s each, none over the
+// per-source bar). The verdict is in --json and stated with its figure.
+func TestVerdicts(t *testing.T) {
+	clientNet := netip.MustParseAddr("10.1.0.0")
+	cases := []struct {
+		name  string
+		build func(c *capture)
+		want  detector.Verdict
+		words string
+	}{
+		{"single source", func(c *capture) {
+			c.clients(clientNet, 10, 5, 8*time.Second, server4)
+			c.flood(netip.MustParseAddr("203.0.113.66"), server4, 2000, 2*time.Second, 5*time.Second)
+		}, detector.VerdictSingleSource, "one address, 203.0.113.66"},
+		{"spoofed", func(c *capture) {
+			c.clients(clientNet, 10, 5, 12*time.Second, server4)
+			r := rand.New(rand.NewPCG(9, 10))
+			for t := 4 * time.Second; t < 8*time.Second; t += time.Second / 3000 {
+				src := netip.AddrFrom4([4]byte{byte(1 + r.IntN(222)), byte(r.IntN(256)), byte(r.IntN(256)), byte(r.IntN(256))})
+				c.add(t, netip.AddrPortFrom(src, c.port()), server4, frame.FlagSYN)
+			}
+		}, detector.VerdictSpoofed, "sent a single SYN and were never seen again"},
+		{"40 slow bots", func(c *capture) {
+			c.clients(clientNet, 10, 5, 14*time.Second, server4)
+			for i := range 40 {
+				c.flood(netip.AddrFrom4([4]byte{198, 18, 0, byte(1 + i)}), server4, 25, 4*time.Second, 9*time.Second)
+			}
+		}, detector.VerdictDistributed, "40 distinct sources"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &capture{}
+			tc.build(c)
+			rep, err := File(c.write(t, false), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Incidents) != 1 {
+				t.Fatalf("%d incidents, want 1: %+v", len(rep.Incidents), rep.Incidents)
+			}
+			inc := rep.Incidents[0]
+			if inc.Verdict != tc.want || !strings.Contains(inc.VerdictText(), tc.words) {
+				t.Errorf("verdict %q (%s), want %q saying %q", inc.Verdict, inc.VerdictText(), tc.want, tc.words)
+			}
+			if j := rep.JSON(); j.Incidents[0].Verdict != string(tc.want) {
+				t.Errorf("--json verdict %q, want %q", j.Incidents[0].Verdict, tc.want)
+			}
+		})
 	}
 }
