@@ -32,7 +32,10 @@ func TestRetryBackoffOnServerErrors(t *testing.T) {
 		gap := reqs[i].At.Sub(reqs[i-1].At)
 		gaps = append(gaps, fmtDur(gap))
 		nominal := o.Retry.Base << (i - 1)
-		lo, hi := nominal/2, nominal+150*time.Millisecond // jitter in [nominal/2, nominal], plus slack for a loaded machine
+		// Jitter is in [nominal/2, nominal]. The lower bound proves the
+		// backoff and cannot be broken by a slow machine; the upper one
+		// only bounds scheduling and HTTP latency, so it is generous.
+		lo, hi := nominal/2, nominal+500*time.Millisecond
 		if gap < lo || gap > hi {
 			t.Errorf("gap before attempt %d = %s, want within [%s, %s]", i+1, gap, lo, hi)
 		}
@@ -93,10 +96,12 @@ func TestRetryAfterOn429(t *testing.T) {
 	reqs := srv.waitRequests(t, 3, 10*time.Second)
 	g1, g2 := reqs[1].At.Sub(reqs[0].At), reqs[2].At.Sub(reqs[1].At)
 	// Backoff alone would wait 25-50ms and 50-100ms.
-	if g1 < time.Second || g1 > 1300*time.Millisecond {
+	// Lower bounds prove Retry-After is obeyed; upper bounds only bound
+	// scheduling on a loaded machine.
+	if g1 < time.Second || g1 > 2*time.Second {
 		t.Errorf("after Retry-After: 1 waited %s, want ~1s", g1)
 	}
-	if g2 < time.Second || g2 > 2300*time.Millisecond {
+	if g2 < time.Second || g2 > 3*time.Second {
 		t.Errorf("after Retry-After: <HTTP-date +2s> waited %s, want 1-2s (date has 1s resolution)", g2)
 	}
 	t.Logf("429 Retry-After: 1 -> waited %s; Retry-After: HTTP-date(+2s) -> waited %s", fmtDur(g1), fmtDur(g2))
@@ -155,13 +160,13 @@ func TestTimeoutOnHangingServer(t *testing.T) {
 	}()
 	select {
 	case <-sendDone:
-	case <-time.After(100 * time.Millisecond):
+	case <-time.After(2 * time.Second): // blocking would take >= 200 ms x 1001
 		t.Fatal("Send blocked behind a hanging sink")
 	}
 	reqs := srv.waitRequests(t, 3, 10*time.Second)
 	st := waitStats(t, d, 3*time.Second, func(s SinkStats) bool { return s.Delivered >= 1 && s.Pending == 0 })
 	g := reqs[1].At.Sub(reqs[0].At)
-	if g < 200*time.Millisecond || g > 200*time.Millisecond+300*time.Millisecond {
+	if g < 200*time.Millisecond || g > time.Second {
 		t.Errorf("second attempt %s after the first, want timeout 200ms + backoff 25-50ms", g)
 	}
 	if st.Retried != 2 {

@@ -153,8 +153,12 @@ func TestFloodEndToEnd(t *testing.T) {
 	}
 	t.Logf("flood: hping3 sent %d SYNs in %v; attacker banned %v after hping3 was started (listed by `synguard list bans`)",
 		fr.sent, floodEnd.Sub(floodStart).Round(time.Millisecond), banAfter.Round(time.Millisecond))
-	if banAfter > 2*time.Second {
-		t.Errorf("attacker banned %v after the flood started, want within 2 s", banAfter)
+	// banAfter includes nsenter, hping3's start-up and CLI polling, which
+	// vary by machine; the 2 s target is checked on the daemon's own
+	// figure below (first SYN in the kernel to the ban), with 5 s here
+	// only as a bound on the whole chain.
+	if banAfter > 5*time.Second {
+		t.Errorf("attacker banned %v after the flood started, want within 5 s end to end", banAfter)
 	}
 	if fr.sent < floodCount*9/10 {
 		t.Errorf("hping3 sent %d SYNs, want about %d", fr.sent, floodCount)
@@ -206,11 +210,17 @@ func TestFloodEndToEnd(t *testing.T) {
 	if exAtk.Verdict != api.StateBanned || exAtk.Kernel == nil || exCli.Kernel == nil {
 		t.Fatalf("explain: attacker verdict %s kernel %+v, client kernel %+v", exAtk.Verdict, exAtk.Kernel, exCli.Kernel)
 	}
-	if !ban.From.IsZero() {
+	if ban.From.IsZero() {
+		t.Errorf("ban %+v has no start time", ban)
+	} else {
 		// The daemon's own figure: from the attacker's first SYN in the
 		// kernel to the ban (no hping3 start-up, no CLI polling).
+		lat := ban.From.Sub(exAtk.Kernel.FirstSeen)
 		t.Logf("attacker first seen by XDP %s, banned from %s: %v in the daemon",
-			exAtk.Kernel.FirstSeen.Format("15:04:05.000"), ban.From.Format("15:04:05.000"), ban.From.Sub(exAtk.Kernel.FirstSeen).Round(time.Millisecond))
+			exAtk.Kernel.FirstSeen.Format("15:04:05.000"), ban.From.Format("15:04:05.000"), lat.Round(time.Millisecond))
+		if lat > 2*time.Second {
+			t.Errorf("banned %v after the attacker's first SYN reached XDP, want within 2 s", lat)
+		}
 	}
 	if d := time.Until(ban.Until); d < 5*time.Minute {
 		t.Errorf("ban until %v (%v from now), want the detector's ban_base (10m)", ban.Until, d)
