@@ -363,10 +363,20 @@ func TestSuspectFlagsWithinMilliseconds(t *testing.T) {
 	d := New(DefaultConfig(), Options{Enforce: true})
 	d.Observe(Snapshot{Time: t0})
 	d.Observe(Snapshot{Time: t0.Add(time.Second)})
+	// The snapshots are partial: a source they never listed is rated
+	// from its kernel first-seen time, which the daemon always passes.
 	a := addr("203.0.113.5")
-	dec := d.Suspect(t0.Add(time.Second+25*time.Millisecond), a, 100)
+	dec := d.SuspectSince(t0.Add(time.Second+25*time.Millisecond), a, 100, t0.Add(time.Second))
 	if len(dec.Incidents) != 1 || dec.Incidents[0].Stage != StageOpened || len(dec.Bans) != 1 {
 		t.Fatalf("unknown source with 100 SYNs in 25 ms: %+v", dec)
+	}
+	// Without it (or first seen before the detector started) nothing
+	// bounds the run: it may predate the detector, as after a restart.
+	if dec := d.Suspect(t0.Add(time.Second+30*time.Millisecond), addr("203.0.113.6"), 5000); !dec.Empty() {
+		t.Errorf("run of unknown age flagged: %+v", dec)
+	}
+	if dec := d.SuspectSince(t0.Add(time.Second+30*time.Millisecond), addr("203.0.113.6"), 5000, t0.Add(-time.Minute)); !dec.Empty() {
+		t.Errorf("run of a source first seen before the detector started flagged: %+v", dec)
 	}
 	if !strings.Contains(dec.Incidents[0].Reason, "early warning") {
 		t.Errorf("reason %q", dec.Incidents[0].Reason)

@@ -20,7 +20,9 @@ type Detector struct {
 	tau       float64 // cfg.Window in seconds
 
 	started bool
-	last    int64 // time of the last snapshot, unix ns
+	// startedAt is the first snapshot's time, unix ns.
+	startedAt int64
+	last      int64 // time of the last snapshot, unix ns
 
 	sources sourceTable
 	svcs    map[netip.AddrPort]*service
@@ -195,10 +197,16 @@ func (d *Detector) baseline(s Snapshot) {
 	}
 	d.kern.add(now, s.Kernel, d.cfg.KernelWindow)
 	d.kernBase = d.kern.latest()
-	if !s.Complete {
+	// A complete first snapshot lists every source with history, so an
+	// early warning about one it did not list counts from it. An
+	// incomplete one (the daemon's, with no sources) says nothing about
+	// the sources' history: runs of SYNs in the kernel may predate it.
+	if s.Complete {
+		d.lastComplete = now
+	} else {
 		d.completeSince = now
 	}
-	d.lastComplete = now // the first snapshot sets the time base
+	d.startedAt = now
 	d.started = true
 	d.last = now
 }
@@ -261,13 +269,22 @@ func (d *Detector) observeSources(p *sourcePass, sources []SourceCounters, out *
 			// New since the previous snapshot: its counts cover at most that
 			// interval; start the EWMA at the observed rate (bias-corrected
 			// EWMA) so that a new flooder is flagged on its first snapshot.
+			// A source quiet since before the previous snapshot (a daemon
+			// restarted after the flood ended) sent its counts over its
+			// active life: rate them over that, decayed over the quiet
+			// time since, not over its whole life up to now.
 			dsyn, dack = sc.SYN, sc.ACK
-			dt := dtPrev
-			if !sc.FirstSeen.IsZero() {
-				dt = max(dt, float64(now-sc.FirstSeen.UnixNano())/1e9)
+			dt, decay := dtPrev, 1.0
+			if fs := sc.FirstSeen.UnixNano(); !sc.FirstSeen.IsZero() {
+				end := now
+				if ls := sc.LastSeen.UnixNano(); !sc.LastSeen.IsZero() && ls < d.last && ls >= fs {
+					end = ls
+					decay = math.Exp(-float64(now-ls) / 1e9 / d.tau)
+				}
+				dt = max(dt, float64(end-fs)/1e9)
 			}
-			st.synRate = float32(float64(dsyn) / dt)
-			st.ackRate = float32(float64(dack) / dt)
+			st.synRate = float32(float64(dsyn) / dt * decay)
+			st.ackRate = float32(float64(dack) / dt * decay)
 		} else {
 			dt := float64(now-st.seen) / 1e9
 			if dt <= 0 {
@@ -352,7 +369,32 @@ const minSuspectSpan = 10 * time.Millisecond
 // that span: a new flooder's incident then states its real rate rather than
 // the run spread over the whole poll interval.
 func (d *Detector) SuspectSince(t time.Time, a netip.Addr, synsWithoutACK uint32, firstSeen time.Time) Decisions {
+	return d.Warn(Warning{Time: t, Addr: a, Run: synsWithoutACK, FirstSeen: firstSeen})
+}
+
+// Warning is an early warning from the data plane with what the data plane
+// knows of the source at that moment.
+type Warning struct {
+	Time time.Time
+	Addr netip.Addr
+	// Run is the SYNs the source sent since its last ACK. The kernel keeps
+	// it across daemon restarts, so it may predate the detector.
+	Run uint32
+	// SYN is the source's cumulative SYN counter when the warning was
+	// read (0: unknown). It bounds the run to the SYNs sent since the
+	// detector last read the source.
+	SYN uint64
+	// FirstSeen is when the kernel created the source's entry (zero:
+	// unknown).
+	FirstSeen time.Time
+}
+
+// Warn is SuspectSince with the source's cumulative SYN count, so that a
+// run the kernel counted before the detector's last reading (or before a
+// restart) is not taken for a new burst.
+func (d *Detector) Warn(w Warning) Decisions {
 	var out Decisions
+	a, t, synsWithoutACK, firstSeen := w.Addr, w.Time, w.Run, w.FirstSeen
 	if !a.IsValid() || synsWithoutACK < d.cfg.SuspectSYNs {
 		return out
 	}
@@ -378,9 +420,22 @@ func (d *Detector) SuspectSince(t time.Time, a netip.Addr, synsWithoutACK uint32
 			return out // fresh figures: the next snapshot decides
 		}
 		since = st.seen
+		// Only the SYNs counted since that reading are in the span.
+		if w.SYN != 0 && w.SYN >= st.syn {
+			synsWithoutACK = uint32(min(uint64(synsWithoutACK), w.SYN-st.syn))
+			if synsWithoutACK < d.cfg.SuspectSYNs {
+				return out
+			}
+		}
 	}
 	if fs := firstSeen.UnixNano(); !firstSeen.IsZero() && fs > since && fs <= now {
 		since, sinceWhat = min(fs, now-int64(minSuspectSpan)), "it was first seen"
+	}
+	if since == 0 || (st.seen == 0 && since < d.startedAt && d.lastComplete == 0) {
+		// Never read, and no complete snapshot bounds its history: the run
+		// may be older than the detector (a daemon restarted after a
+		// flood). The first full scan rates it.
+		return out
 	}
 	span := float64(now-since) / 1e9
 	if span <= 0 {

@@ -33,6 +33,12 @@ type SourceCounters struct {
 	// time long after it appeared; zero means "new since the previous
 	// snapshot".
 	FirstSeen time.Time
+	// LastSeen is when the kernel last counted the source, if known. A
+	// source read for the first time that has been quiet since before the
+	// previous snapshot (a daemon restarted after its flood ended) is
+	// rated over its active life, decayed over the quiet time since,
+	// instead of over its whole life up to now.
+	LastSeen time.Time
 }
 
 // ServiceCounters is one per-service entry (local address:port), cumulative.

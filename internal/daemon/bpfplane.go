@@ -129,7 +129,7 @@ func (p *BPFPlane) readSuspects(ifc *bpfIface, r *bpf.SuspectReader) {
 		}
 		sus := Suspect{Addr: ev.Addr.Unmap(), SYNs: ev.SYNs, Time: ev.Time}
 		if src, ok, err := ifc.dp.Source(ev.Addr); err == nil && ok {
-			sus.FirstSeen = src.FirstSeen
+			sus.FirstSeen, sus.SYN = src.FirstSeen, src.SYN
 		}
 		select {
 		case p.suspects <- sus:

@@ -36,6 +36,10 @@ type Suspect struct {
 	// unknown): the detector rates the run from then if that is later than
 	// its own last reading.
 	FirstSeen time.Time
+	// SYN is the source's cumulative SYN counter when the event was read
+	// (0: unknown): the kernel's run of SYNs survives a daemon restart,
+	// and the detector counts only the SYNs since it last read the source.
+	SYN uint64
 }
 
 // Plane is the data plane as the loop sees it: one or more interfaces whose
@@ -64,7 +68,7 @@ type Plane interface {
 // implements it.
 type Engine interface {
 	Observe(detector.Snapshot) detector.Decisions
-	SuspectSince(t time.Time, addr netip.Addr, syns uint32, firstSeen time.Time) detector.Decisions
+	Warn(detector.Warning) detector.Decisions
 	SetProtected(t time.Time, p []netip.Prefix) detector.Decisions
 	Open() []detector.Incident
 	Explain(addr netip.Addr) detector.Explanation

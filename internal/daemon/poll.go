@@ -28,7 +28,7 @@ func (d *Daemon) HandleSuspect(ev Suspect) {
 	w.suspect = true
 	w.active = now
 	start := time.Now()
-	dec := d.engine.SuspectSince(ev.Time, addr, ev.SYNs, ev.FirstSeen)
+	dec := d.engine.Warn(detector.Warning{Time: ev.Time, Addr: addr, Run: ev.SYNs, SYN: ev.SYN, FirstSeen: ev.FirstSeen})
 	d.observeDetection(time.Since(start))
 	d.applyLocked(now, dec)
 	d.saveLocked(now, false)
@@ -221,7 +221,7 @@ func snapshotOf(now time.Time, r reading) detector.Snapshot {
 }
 
 func sourceCounters(s api.Source) detector.SourceCounters {
-	return detector.SourceCounters{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK, RST: s.RST, FirstSeen: s.FirstSeen}
+	return detector.SourceCounters{Addr: s.Addr, SYN: s.SYN, ACK: s.ACK, RST: s.RST, FirstSeen: s.FirstSeen, LastSeen: s.LastSeen}
 }
 
 // lifeRate is a source's SYN rate over its entry's life: the best figure
