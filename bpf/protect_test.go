@@ -415,3 +415,32 @@ func TestProtectPinned(t *testing.T) {
 		t.Errorf("unverified SYN after reload: %v, want XDP_TX", a)
 	}
 }
+
+// A source seen before protection that never completed a handshake (a slow
+// bot): its SYNs that protection answers with cookies or drops over the
+// budget still count in its own entry, so the detector keeps its history
+// and can ban it; a source first seen under protection gets no entry.
+func TestProtectedSYNsCountIntoKnownSources(t *testing.T) {
+	for _, p := range []Protection{{Cookies: true}, {Budget: 1}} {
+		d := loadForTest(t, Options{})
+		bot := netip.MustParseAddrPort("198.51.100.77:4000")
+		if a := runFrame(t, d, frame.SYN(bot, srv4)); a != xdpPass {
+			t.Fatalf("SYN before protection: %v", a)
+		}
+		mustProtect(t, d, srv4, p)
+		for range 20 {
+			if a := runFrame(t, d, frame.SYN(bot, srv4)); a == xdpPass && p.Cookies {
+				t.Fatalf("%+v: unverified SYN passed", p)
+			}
+		}
+		if s, ok, _ := d.Source(bot.Addr()); !ok || s.SYN != 21 || s.ACK != 0 {
+			t.Errorf("%+v: known unverified source under protection: entry %+v (%v), want 21 SYNs counted", p, s, ok)
+		}
+		fresh := netip.MustParseAddrPort("198.51.100.78:4000")
+		runFrame(t, d, frame.SYN(fresh, srv4)) // the budget's one, or a cookie
+		runFrame(t, d, frame.SYN(fresh, srv4))
+		if s, ok, _ := d.Source(fresh.Addr()); ok && (p.Cookies || s.SYN != 1) {
+			t.Errorf("%+v: source first seen under protection: entry %+v, want none for answered or dropped SYNs", p, s)
+		}
+	}
+}

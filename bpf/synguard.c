@@ -118,8 +118,9 @@
  *   (cookies_validated); it passes either way (established connections
  *   are not tracked here; the kernel's SYNPROXY drops bad cookies).
  * SYNs that protection drops or answers count in the service entry (so the
- * detector still sees the flood) but not per source (a spoofed flood must
- * not churn the sources LRU).
+ * detector still sees the flood), and per source only into an entry that
+ * exists already: a known bot's SYNs stay visible, and a spoofed flood
+ * never churns the sources LRU.
  *
  * Ban cache: the drop path of a flood from a banned source. Each CPU keeps,
  * per slot (a multiplicative hash of the source address), the last source
@@ -1278,6 +1279,13 @@ static __always_inline int handle_tcp(struct xdp_md *ctx, struct packet *p,
 	if (pr) {
 		act = protect(ctx, p, k, pr, now);
 		if (act != XDP_PASS) {
+			/* Counted per source only into an existing entry: a
+			 * known bot stays visible to the detector (which bans a
+			 * slow botnet on its per-source history), while a
+			 * spoofed flood, one SYN per address, never churns the
+			 * LRU. */
+			if (s && counted)
+				count_source(p, s, k, word, now, c);
 			count_service(p, k);
 			return act;
 		}

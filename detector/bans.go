@@ -65,8 +65,9 @@ func (d *Detector) markActive(a netip.Addr, now int64) {
 	}
 }
 
-// banFor decides the ban for flagged source a (enforce mode only).
-func (d *Detector) banFor(a netip.Addr, now int64, inc *incident, out *Decisions) {
+// banFor decides the ban for flagged source a (enforce mode only); reason
+// is the ban's reason, or "" for the incident's figures.
+func (d *Detector) banFor(a netip.Addr, now int64, inc *incident, reason string, out *Decisions) {
 	if !d.opt.Enforce {
 		return
 	}
@@ -92,11 +93,38 @@ func (d *Detector) banFor(a netip.Addr, now int64, inc *incident, out *Decisions
 		}
 		return
 	}
-	reason := fmt.Sprintf("SYN flood from %s", a)
-	if inc != nil {
+	switch {
+	case reason != "":
+	case inc != nil:
 		reason = fmt.Sprintf("SYN flood from %s: %s SYN/s, %s half-open", a, num(inc.SYNPerSecond), pct(inc.HalfOpenShare))
+	default:
+		reason = fmt.Sprintf("SYN flood from %s", a)
 	}
 	d.addBan(hostPrefix(a), now, inc, reason, out)
+}
+
+// banSlowSender bans a source of a service flood that stays below the
+// per-source bar (a slow botnet: many real hosts at tens of SYN/s each)
+// once it has sent half-open SYNs through the flood for ServiceBanAfter,
+// at ServiceBanSYNRate or more on average, and completed no handshake in
+// it. Spoofed random sources send one SYN each and are never seen again,
+// so they never qualify and never fill the ban table; a real user whose
+// SYNs protection drops retransmits far slower than the floor.
+func (d *Detector) banSlowSender(st *source, a netip.Addr, now int64, out *Decisions) {
+	if !d.opt.Enforce || st.epoch != d.flood.epoch || st.epochFrom == 0 || st.flags&(flagEpochACK|flagFlagged) != 0 {
+		return
+	}
+	span := now - (d.flood.startAt + int64(st.epochFrom-1)*1e9)
+	if span < int64(d.cfg.ServiceBanAfter) || float64(st.epochSYN) < d.cfg.ServiceBanSYNRate*float64(span)/1e9 {
+		return
+	}
+	if d.covering(a) != nil {
+		return
+	}
+	inc := d.flood.inc
+	reason := fmt.Sprintf("%s sent %s half-open SYNs in %v during the flood on service %s and completed no handshake (service_ban_after %v, service_ban_syn_rate %s)",
+		a, num(float64(st.epochSYN)), time.Duration(span).Round(100*time.Millisecond), inc.Addr, d.cfg.ServiceBanAfter, num(d.cfg.ServiceBanSYNRate))
+	d.banFor(a, now, inc, reason, out)
 }
 
 // maybeAggregate replaces the host bans inside a's /24 or /64 with one

@@ -40,6 +40,13 @@ type Config struct {
 	// ServiceCUSUM (CUSUM h) is how much evidence, in standard deviations x
 	// seconds, flags the service.
 	ServiceCUSUM float64 `yaml:"service_cusum"`
+	// ServiceBanAfter: while a service incident is open in enforce mode, a
+	// source that has sent half-open SYNs through it for this long (at
+	// ServiceBanSYNRate or more) and completed no handshake is banned,
+	// even below the per-source bar: a slow botnet.
+	ServiceBanAfter time.Duration `yaml:"service_ban_after"`
+	// ServiceBanSYNRate is the average SYN/s such a source must keep up.
+	ServiceBanSYNRate float64 `yaml:"service_ban_syn_rate"`
 	// TopSources is how many sources a service incident lists.
 	TopSources int `yaml:"top_sources"`
 
@@ -100,6 +107,8 @@ func DefaultConfig() Config {
 		ServiceBaseline:   5 * time.Minute,
 		ServiceDeviations: 3,
 		ServiceCUSUM:      5,
+		ServiceBanAfter:   5 * time.Second,
+		ServiceBanSYNRate: 10,
 		TopSources:        10,
 		ResolveAfter:      30 * time.Second,
 		UpdateEvery:       time.Minute,
@@ -164,6 +173,8 @@ func (c Config) Validate() error {
 		dur("service_baseline", c.ServiceBaseline, 10*time.Second, 24*time.Hour),
 		num("service_deviations", c.ServiceDeviations, 0, 100),
 		num("service_cusum", c.ServiceCUSUM, 0.1, 1000),
+		dur("service_ban_after", c.ServiceBanAfter, time.Second, time.Hour),
+		num("service_ban_syn_rate", c.ServiceBanSYNRate, 0.1, 1e6),
 		integer("top_sources", c.TopSources, 1, 100),
 		dur("resolve_after", c.ResolveAfter, time.Second, 24*time.Hour),
 		dur("update_every", c.UpdateEvery, time.Second, 24*time.Hour),

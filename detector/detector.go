@@ -236,7 +236,7 @@ func (d *Detector) beginSources(complete bool, now int64, dtPrev float64) source
 	if !d.flood.active {
 		// No service incident: distinct and top sources count this
 		// snapshot only, so that one opening now has its figures.
-		d.flood.start()
+		d.flood.start(now)
 	}
 	d.flaggedSYN = 0
 	return sourcePass{now: now, dtPrev: dtPrev, aPrev: d.alpha(dtPrev), complete: complete,
@@ -309,7 +309,13 @@ func (d *Detector) observeSources(p *sourcePass, sources []SourceCounters, out *
 		}
 		st.syn, st.ack, st.seen, st.touched = sc.SYN, sc.ACK, now, now
 		if dsyn > dack {
-			d.flood.count(&d.sources, i, uint32(min(dsyn, math.MaxUint32)), d.cfg.TopSources)
+			d.flood.count(&d.sources, i, uint32(min(dsyn, math.MaxUint32)), d.cfg.TopSources, now)
+		}
+		if dack > 0 && st.epoch == d.flood.epoch {
+			st.flags |= flagEpochACK
+		}
+		if dsyn > 0 && d.flood.inc != nil {
+			d.banSlowSender(st, sc.Addr, now, out)
 		}
 		if st.flags&flagFlagged != 0 {
 			d.flaggedSYN += dsyn

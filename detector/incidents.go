@@ -140,11 +140,11 @@ func (d *Detector) flag(i int32, now int64, rate, share float64, dsyn, dack uint
 			inc.SYNThreshold, inc.HalfOpenThreshold = d.cfg.SourceSYNRate, d.cfg.SourceHalfOpen
 			st.inc = inc.handle
 			d.fillIncident(inc, rate, share, reason, now)
-			d.banFor(a, now, inc, out)
+			d.banFor(a, now, inc, "", out)
 			out.Incidents = append(out.Incidents, inc.copy())
 			return
 		}
-		d.banFor(a, now, nil, out)
+		d.banFor(a, now, nil, "", out)
 		return
 	}
 	var inc *incident
@@ -152,7 +152,7 @@ func (d *Detector) flag(i int32, now int64, rate, share float64, dsyn, dack uint
 		inc = d.incs[st.inc-1]
 		d.updateIncident(inc, rate, share, reason, now, out)
 	}
-	d.banFor(a, now, inc, out)
+	d.banFor(a, now, inc, "", out)
 }
 
 // unflag ends source i's flagged period.
@@ -187,6 +187,7 @@ func (d *Detector) maintain(now int64, out *Decisions) {
 	// Whether a service incident stays open decides, at the next
 	// snapshot, whether the flood epoch goes on (beginSources).
 	anyService := false
+	d.flood.inc = nil
 	for _, inc := range d.incs {
 		if inc == nil {
 			continue
@@ -211,6 +212,9 @@ func (d *Detector) maintain(now int64, out *Decisions) {
 				continue
 			}
 			anyService = true
+			if d.flood.inc == nil {
+				d.flood.inc = inc
+			}
 		}
 		if now-inc.lastUpdate >= int64(d.cfg.UpdateEvery) {
 			d.fillIncident(inc, inc.SYNPerSecond, inc.HalfOpenShare, inc.Reason, now)

@@ -226,3 +226,80 @@ func ExampleIncident_launchDay() {
 	}
 	// Output: service opened 10.0.0.1:8443
 }
+
+// Issue 12, slow botnets: 40 unspoofed bots at 25 SYN/s each (1,000 SYN/s
+// together, every one below the 50 SYN/s per-source bar) never complete a
+// handshake. The service incident opens, and in enforce mode each bot is
+// banned once it has sent through the flood for service_ban_after (5 s):
+// aggregated into prefix bans like other bans. A real client that keeps
+// retransmitting unanswered SYNs meanwhile is not banned, and a spoofed
+// flood fills no ban table.
+func TestSlowBotnetBannedAfterServiceBanAfter(t *testing.T) {
+	cfg := DefaultConfig()
+	s := newSim(t, cfg, Options{Enforce: true})
+	v := addrPort("10.0.0.1:443")
+	bot := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(i / 10), byte(1 + i%10)}) }
+	patient := addr("192.0.2.50")
+	for range 5 {
+		clients(s, 10, 2)
+		s.tick(time.Second)
+	}
+	start := s.now
+	var firstBan time.Time
+	for sec := range 12 {
+		clients(s, 10, 2)
+		for i := range 40 {
+			s.send(bot(i), v, 25, 0)
+		}
+		if sec == 0 || sec == 1 || sec == 3 || sec == 7 { // a browser's retransmissions
+			s.send(patient, v, 6, 0)
+		}
+		dec := s.tick(time.Second)
+		if len(dec.Bans) > 0 && firstBan.IsZero() {
+			firstBan = s.now
+		}
+	}
+	if _, ok := openedServiceAt(s, v); !ok {
+		t.Fatal("no service incident for 40 slow bots")
+	}
+	for i := range 40 {
+		banned := false
+		for p := range s.bans {
+			banned = banned || p.Contains(bot(i))
+		}
+		if !banned {
+			t.Errorf("bot %v not banned after 12 s of half-open SYNs", bot(i))
+		}
+	}
+	if d := firstBan.Sub(start); d < cfg.ServiceBanAfter || d > cfg.ServiceBanAfter+2*time.Second {
+		t.Errorf("first ban %v after the bots started, want service_ban_after (%v) to +2 s", d, cfg.ServiceBanAfter)
+	}
+	for p, b := range s.bans {
+		if p.Contains(patient) || p.Contains(addr("10.1.0.10")) {
+			t.Errorf("legitimate client banned: %v", b)
+		}
+		if !strings.Contains(b.Reason, "completed no handshake") && !strings.Contains(b.Reason, "flagged sources in") {
+			t.Errorf("ban %v reason %q does not say why", p, b.Reason)
+		}
+	}
+	if len(s.bans) > cfg.MaxBans {
+		t.Errorf("%d bans over max_bans", len(s.bans))
+	}
+
+	// A spoofed flood of the same length bans nothing.
+	r := rand.New(rand.NewPCG(21, 22))
+	s2 := newSim(t, cfg, Options{Enforce: true})
+	for range 12 {
+		clients(s2, 10, 2)
+		spoofed(s2, r, v, 3000)
+		s2.tick(time.Second)
+	}
+	if _, ok := openedServiceAt(s2, v); !ok {
+		t.Fatal("no service incident for the spoofed flood")
+	}
+	for _, dec := range s2.all {
+		if len(dec.Bans) > 0 {
+			t.Fatalf("spoofed flood banned %v", dec.Bans)
+		}
+	}
+}

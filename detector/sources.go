@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"math"
 	"net/netip"
 	"slices"
 )
@@ -10,6 +11,9 @@ const (
 	flagAggCounted
 	// flagV6: an IPv6 source, whose k4 indexes sourceTable.v6keys.
 	flagV6
+	// flagEpochACK: the source sent an ACK (completed a handshake) in the
+	// current flood epoch, so it is no slow flooder (banSlowSender).
+	flagEpochACK
 )
 
 // source is one tracked source. It holds no pointers, so a table of a
@@ -29,6 +33,11 @@ type source struct {
 	epoch    uint32
 	epochSYN uint32
 	flags    uint8
+	// epochFrom is when the source first sent half-open SYNs in the
+	// epoch: whole seconds after the epoch's start, rounded up, plus 1 (0:
+	// not yet); it saturates after 18 h. Two bytes, in the padding after
+	// flags, so the record stays 72 bytes.
+	epochFrom uint16
 }
 
 // slab holds the sources in fixed-size pages. A page never moves: growing
@@ -359,8 +368,12 @@ func (t *sourceTable) sweep(now, idle, resolve int64) {
 // floodEpoch counts distinct half-open sources and the top senders while at
 // least one service incident is open.
 type floodEpoch struct {
-	active   bool
+	active bool
+	// inc is an open service incident while active: slow senders banned
+	// during the flood are attributed to it (by time, as sources are).
+	inc      *incident
 	epoch    uint32
+	startAt  int64 // unix ns
 	distinct int
 	// single counts the distinct sources that have sent exactly one
 	// half-open SYN in the epoch: the mark of spoofed random sources, each
@@ -375,18 +388,21 @@ type topEntry struct {
 	syn uint32
 }
 
-func (f *floodEpoch) start() {
+func (f *floodEpoch) start(now int64) {
 	f.active = true
+	f.startAt = now
 	f.epoch++
 	f.distinct, f.single = 0, 0
 	f.top = f.top[:0]
 }
 
-// count adds dsyn half-open SYNs of source i to the epoch.
-func (f *floodEpoch) count(t *sourceTable, i int32, dsyn uint32, k int) {
+// count adds dsyn half-open SYNs of source i, read at now, to the epoch.
+func (f *floodEpoch) count(t *sourceTable, i int32, dsyn uint32, k int, now int64) {
 	s := t.s.at(i)
 	if s.epoch != f.epoch {
 		s.epoch, s.epochSYN = f.epoch, 0
+		s.epochFrom = uint16(min((max(now-f.startAt, 0)+1e9-1)/1e9, math.MaxUint16-1)) + 1
+		s.flags &^= flagEpochACK
 		f.distinct++
 	}
 	switch {

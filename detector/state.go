@@ -157,7 +157,7 @@ func (d *Detector) Restore(st State) error {
 			sv.inc, sv.lastAlarm = inc, last
 			// A new epoch: every source counts as new in it (start
 			// leaves epoch 0, every source's, behind).
-			d.flood.start()
+			d.flood.start(d.last)
 		default:
 			return fmt.Errorf("restore detector state: incident %s: kind %q: want source or service", is.ID, is.Kind)
 		}
