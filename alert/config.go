@@ -156,8 +156,8 @@ func (c SinkConfig) validate(key string) []error {
 		bad("min_severity", "%q is not one of info, warning, critical", c.MinSeverity)
 	}
 	for i, k := range c.Kinds {
-		if k != string(detector.KindSource) && k != string(detector.KindService) {
-			bad(fmt.Sprintf("kinds[%d]", i), "%q is not one of source, service", k)
+		if !slices.Contains(detector.Kinds, detector.Kind(k)) {
+			bad(fmt.Sprintf("kinds[%d]", i), "%q is not one of source, service, overload", k)
 		}
 	}
 	if c.Timeout < 0 {

@@ -40,7 +40,7 @@ type Event struct {
 // flooding source (its figures and ban), `synguard top` for a service
 // flood (the busiest sources right now).
 func DefaultCommand(in detector.Incident) string {
-	if in.Kind == detector.KindService {
+	if in.Kind == detector.KindService || in.Kind == detector.KindOverload {
 		return "synguard top"
 	}
 	if in.Source.IsValid() {
@@ -103,6 +103,8 @@ func describe(e Event) view {
 	}
 	var from string
 	switch {
+	case in.Kind == detector.KindOverload:
+		from = "verdict " + in.VerdictText()
 	case in.Kind == detector.KindService && in.DistinctSources > 1:
 		from = fmt.Sprintf("%s distinct sources, likely spoofed", group(uint64(in.DistinctSources)))
 		if in.Verdict != "" {
@@ -147,15 +149,19 @@ func describe(e Event) view {
 	if strings.HasPrefix(target, "service ") {
 		what = where + ": " + strings.Split(target, " on ")[0]
 	}
-	headline := fmt.Sprintf("[%s] SYN flood %s on %s, %s SYN/s from %s",
-		strings.ToUpper(string(in.Severity)), stage, what, group(uint64(in.SYNPerSecond+0.5)), headlineBy)
+	event := "SYN flood"
+	if in.Kind == detector.KindOverload {
+		event, headlineBy = "overload (capacity, not an attack)", fmt.Sprintf("%s sources, %s of handshakes completing", group(uint64(in.DistinctSources)), percent(in.CompletionShare))
+	}
+	headline := fmt.Sprintf("[%s] %s %s on %s, %s SYN/s from %s",
+		strings.ToUpper(string(in.Severity)), event, stage, what, group(uint64(in.SYNPerSecond+0.5)), headlineBy)
 	if in.Stage == detector.StageResolved && !e.Test {
 		dur := ""
 		if in.ResolvedAt != nil && !in.OpenedAt.IsZero() {
 			dur = " after " + in.ResolvedAt.Sub(in.OpenedAt).Round(time.Second).String()
 		}
-		headline = fmt.Sprintf("[RESOLVED] SYN flood on %s ended%s: peak %s SYN/s from %s",
-			what, dur, group(uint64(in.PeakSYNPerSecond+0.5)), headlineBy)
+		headline = fmt.Sprintf("[RESOLVED] %s on %s ended%s: peak %s SYN/s from %s",
+			event, what, dur, group(uint64(in.PeakSYNPerSecond+0.5)), headlineBy)
 	}
 	return view{
 		Headline: headline,
@@ -180,6 +186,9 @@ func kernelView(k detector.KernelImpact) string {
 
 func banAction(e Event) string {
 	in := e.Incident
+	if in.Kind == detector.KindOverload {
+		return "capacity, not an attack: nothing banned; what helps: a larger listen backlog (net.core.somaxconn, net.ipv4.tcp_max_syn_backlog, the server's listen()), more workers"
+	}
 	if e.Mode == ModeObserve {
 		return "observe mode only: nothing blocked"
 	}

@@ -53,3 +53,26 @@ func TestRateOfABannedSource(t *testing.T) {
 		t.Errorf("rate while banned = %q\nwant %q", got, want)
 	}
 }
+
+// An overload says plainly that it is a capacity problem, that nothing was
+// banned, and what helps; its verdict and figures are in the text, in
+// every mode.
+func TestOverloadSaysCapacityNotAttack(t *testing.T) {
+	in := serviceIncident("ovl", detector.StageOpened, detector.SeverityCritical)
+	in.Kind, in.Verdict = detector.KindOverload, detector.VerdictOverload
+	in.DistinctSources, in.NewSources, in.CompletionShare = 600, 580, 0.97
+	in.Bans = nil
+	for _, mode := range []string{ModeEnforce, ModeObserve} {
+		v := describe(event(in, mode))
+		text := v.Text()
+		for _, want := range []string{"overload (capacity, not an attack) opened", "600 sources (580 new) complete 97% of their handshakes",
+			"capacity, not an attack: nothing banned", "larger listen backlog", "more workers", "Look closer: synguard top"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("%s: alert text lacks %q:\n%s", mode, want, text)
+			}
+		}
+		if strings.Contains(text, "SYN flood") {
+			t.Errorf("%s: an overload is called a SYN flood:\n%s", mode, text)
+		}
+	}
+}

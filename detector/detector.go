@@ -40,6 +40,10 @@ type Detector struct {
 	// flaggedSYN counts this snapshot's SYNs from flagged sources: a
 	// service flood they explain is not a distributed one.
 	flaggedSYN uint64
+	// snapSources and snapNew count the sources that sent SYNs in the
+	// current snapshot and those among them new to the detector (the
+	// figures of an overload incident).
+	snapSources, snapNew int
 	// kernBase is the kernel sample before the current snapshot: an
 	// incident's kernel evidence counts from there.
 	kernBase KernelCounters
@@ -239,6 +243,7 @@ func (d *Detector) beginSources(complete bool, now int64, dtPrev float64) source
 		d.flood.start(now)
 	}
 	d.flaggedSYN = 0
+	d.snapSources, d.snapNew = 0, 0
 	return sourcePass{now: now, dtPrev: dtPrev, aPrev: d.alpha(dtPrev), complete: complete,
 		pre: d.sources.prefetching(), prev: -1}
 }
@@ -265,7 +270,8 @@ func (d *Detector) observeSources(p *sourcePass, sources []SourceCounters, out *
 		i, st := d.sources.at(prev, sc.Addr, now, k)
 		prev = i
 		var dsyn, dack uint64
-		if st.seen == 0 {
+		fresh := st.seen == 0
+		if fresh {
 			// New since the previous snapshot: its counts cover at most that
 			// interval; start the EWMA at the observed rate (bias-corrected
 			// EWMA) so that a new flooder is flagged on its first snapshot.
@@ -308,6 +314,12 @@ func (d *Detector) observeSources(p *sourcePass, sources []SourceCounters, out *
 			st.ackRate += float32(a * (float64(dack)/dt - float64(st.ackRate)))
 		}
 		st.syn, st.ack, st.seen, st.touched = sc.SYN, sc.ACK, now, now
+		if dsyn > 0 {
+			d.snapSources++
+			if fresh {
+				d.snapNew++
+			}
+		}
 		if dsyn > dack {
 			d.flood.count(&d.sources, i, uint32(min(dsyn, math.MaxUint32)), d.cfg.TopSources, now)
 		}

@@ -16,7 +16,15 @@ const (
 	// KindService is a distributed or spoofed flood against one local
 	// address:port, where no single source need cross the per-source bar.
 	KindService Kind = "service"
+	// KindOverload is a capacity problem, not an attack: a service's
+	// clients complete their handshakes, but more arrive than the server
+	// accepts, and the kernel drops handshakes. Nothing is banned or
+	// protected for it.
+	KindOverload Kind = "overload"
 )
+
+// Kinds lists every incident kind, for config checks and metric labels.
+var Kinds = []Kind{KindSource, KindService, KindOverload}
 
 // Verdict says what kind of event an incident is, in one word that
 // operators, alert rules and scripts can act on.
@@ -31,6 +39,9 @@ const (
 	// VerdictSpoofed: most sources sent one SYN and were never seen again,
 	// the mark of random spoofed source addresses.
 	VerdictSpoofed Verdict = "spoofed"
+	// VerdictOverload: real clients completing handshakes, more of them
+	// than the server accepts (a flash crowd on a small backlog).
+	VerdictOverload Verdict = "overload"
 )
 
 // spoofedShare is the share of a flood's half-open sources that sent a
@@ -148,9 +159,15 @@ type Incident struct {
 	// DistinctSources and TopSources describe a service incident's senders;
 	// SingleSYNSources is how many of the distinct ones sent exactly one
 	// SYN (the figure behind the verdict spoofed).
-	DistinctSources  int            `json:"distinct_sources,omitempty"`
-	SingleSYNSources int            `json:"single_syn_sources,omitempty"`
-	TopSources       []SourceFigure `json:"top_sources,omitempty"`
+	DistinctSources  int `json:"distinct_sources,omitempty"`
+	SingleSYNSources int `json:"single_syn_sources,omitempty"`
+	// For an overload: CompletionShare is the share of the service's
+	// SYNs that completed their handshake, and DistinctSources and
+	// NewSources count the sources that sent SYNs in the last interval
+	// and how many of them were never seen before.
+	CompletionShare float64        `json:"handshake_completion_share,omitempty"`
+	NewSources      int            `json:"new_sources,omitempty"`
+	TopSources      []SourceFigure `json:"top_sources,omitempty"`
 
 	Kernel KernelImpact `json:"kernel"`
 
@@ -225,6 +242,9 @@ func (inc Incident) VerdictText() string {
 		return fmt.Sprintf("single-source: one address, %s, sends %s SYN/s, %s half-open", inc.Addr, num(inc.SYNPerSecond), pct(inc.HalfOpenShare))
 	case VerdictSpoofed:
 		return fmt.Sprintf("spoofed: %s of %s distinct sources sent a single SYN and were never seen again", num(float64(inc.SingleSYNSources)), num(float64(inc.DistinctSources)))
+	case VerdictOverload:
+		return fmt.Sprintf("overload: %s sources (%s new) complete %s of their handshakes while the kernel drops handshakes: capacity, not an attack",
+			num(float64(inc.DistinctSources)), num(float64(inc.NewSources)), pct(inc.CompletionShare))
 	case VerdictDistributed:
 		return fmt.Sprintf("distributed: %s distinct sources send SYNs that are %s half-open; %s of them sent a single SYN", num(float64(inc.DistinctSources)), pct(inc.HalfOpenShare), num(float64(inc.SingleSYNSources)))
 	}

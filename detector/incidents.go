@@ -64,7 +64,14 @@ func (d *Detector) fillIncident(inc *incident, rate, share float64, reason strin
 	}
 	port := uint16(0)
 	var svc netip.AddrPort
-	if inc.Kind == KindService {
+	switch inc.Kind {
+	case KindOverload:
+		svc = inc.Service
+		port = svc.Port()
+		inc.Verdict = VerdictOverload
+		inc.CompletionShare = 1 - share
+		inc.DistinctSources, inc.NewSources = d.snapSources, d.snapNew
+	case KindService:
 		svc = inc.Service
 		port = svc.Port()
 		inc.DistinctSources = d.flood.distinct
@@ -74,7 +81,7 @@ func (d *Detector) fillIncident(inc *incident, rate, share float64, reason strin
 		if d.flood.distinct > 0 && float64(d.flood.single) >= spoofedShare*float64(d.flood.distinct) {
 			inc.Verdict = VerdictSpoofed
 		}
-	} else {
+	default:
 		inc.Verdict = VerdictSingleSource
 	}
 	inc.Kernel = d.kern.impact(inc.kernAtOpen, svc, port, d.cfg.KernelWindow)
@@ -214,6 +221,15 @@ func (d *Detector) maintain(now int64, out *Decisions) {
 			anyService = true
 			if d.flood.inc == nil {
 				d.flood.inc = inc
+			}
+		case KindOverload:
+			sv := d.svcs[inc.Service]
+			if sv == nil || now-sv.lastOverload >= quiet {
+				if sv != nil {
+					sv.ovl = nil
+				}
+				d.resolve(inc, now, out)
+				continue
 			}
 		}
 		if now-inc.lastUpdate >= int64(d.cfg.UpdateEvery) {

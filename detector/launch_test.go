@@ -303,3 +303,92 @@ func TestSlowBotnetBannedAfterServiceBanAfter(t *testing.T) {
 		}
 	}
 }
+
+// Issue 12: a flash crowd the server cannot take (its listen queue
+// overflows, the kernel drops handshakes) is an overload, a capacity
+// problem: an incident of kind overload that says so, with the completion
+// share, the distinct and new sources and the kernel's drops, and no ban.
+// It resolves once the kernel stops dropping.
+func TestFlashCrowdOnSmallBacklogIsOverload(t *testing.T) {
+	cfg := DefaultConfig()
+	s := newSim(t, cfg, Options{Enforce: true})
+	v := addrPort("10.0.0.1:443")
+	for range 30 {
+		clients(s, 5, 1)
+		s.tick(time.Second)
+	}
+	next := 0
+	for range 5 {
+		clients(s, 5, 1)
+		crowd(s, v, next, 600) // each completes its handshake
+		next += 600
+		s.kernel.ListenOverflows += 80
+		s.kernel.ListenDrops += 80
+		s.kernel.Listeners = []Listener{{Addr: addrPort("0.0.0.0:443"), Backlog: 64, MaxBacklog: 64}}
+		s.tick(time.Second)
+	}
+	for range 40 {
+		clients(s, 5, 1)
+		s.tick(time.Second)
+	}
+	var opened, resolved *Incident
+	for _, dec := range s.all {
+		if len(dec.Bans) > 0 {
+			t.Fatalf("overload banned %v", dec.Bans)
+		}
+		for _, inc := range dec.Incidents {
+			if inc.Kind != KindOverload {
+				t.Fatalf("%s incident for a flash crowd: %s", inc.Kind, inc.Reason)
+			}
+			switch inc.Stage {
+			case StageOpened:
+				opened = &inc
+			case StageResolved:
+				resolved = &inc
+			}
+		}
+	}
+	if opened == nil || resolved == nil || opened.ID != resolved.ID {
+		t.Fatalf("want one overload incident opened and resolved, got %+v / %+v", opened, resolved)
+	}
+	if opened.Verdict != VerdictOverload || opened.Addr != v.String() || opened.CompletionShare < 0.9 ||
+		opened.DistinctSources < 600 || opened.NewSources < 600 || opened.Kernel.ListenOverflows == 0 {
+		t.Errorf("overload figures: verdict %s addr %s completion %.2f sources %d new %d kernel %+v",
+			opened.Verdict, opened.Addr, opened.CompletionShare, opened.DistinctSources, opened.NewSources, opened.Kernel)
+	}
+	for _, want := range []string{"capacity, not an attack", "nothing banned", "listen backlog", "more workers"} {
+		if !strings.Contains(opened.Reason, want) {
+			t.Errorf("reason %q does not say %q", opened.Reason, want)
+		}
+	}
+	if !strings.Contains(opened.Kernel.Summary, "accept queue 64/64") {
+		t.Errorf("kernel summary %q lacks the listener's queue", opened.Kernel.Summary)
+	}
+	if !strings.Contains(opened.VerdictText(), "capacity, not an attack") {
+		t.Errorf("verdict text %q", opened.VerdictText())
+	}
+	if s.d.UnderFlood(v) {
+		t.Error("an overload switched on flood protection")
+	}
+
+	// The same kernel drops under a spoofed flood are a flood, not an
+	// overload.
+	r := rand.New(rand.NewPCG(31, 32))
+	s2 := newSim(t, cfg, Options{Enforce: true})
+	for range 5 {
+		clients(s2, 5, 1)
+		spoofed(s2, r, v, 3000)
+		s2.kernel.ListenDrops += 300
+		s2.tick(time.Second)
+	}
+	for _, dec := range s2.all {
+		for _, inc := range dec.Incidents {
+			if inc.Kind == KindOverload {
+				t.Errorf("spoofed flood reported as overload: %s", inc.Reason)
+			}
+		}
+	}
+	if !s2.d.UnderFlood(v) {
+		t.Error("spoofed flood with kernel drops not flagged as a flood")
+	}
+}

@@ -21,6 +21,10 @@ type service struct {
 	cusum           float64
 	lastAlarm       int64
 	inc             *incident
+	// ovl is the open overload incident, lastOverload the last time the
+	// kernel dropped handshakes while this service was busy.
+	ovl          *incident
+	lastOverload int64
 }
 
 // baseline returns the learned SYN rate, its spread and the ACK rate.
@@ -56,7 +60,7 @@ func (d *Detector) service(a netip.AddrPort, now int64) *service {
 func (d *Detector) evictServices() {
 	var seen []int64
 	for _, sv := range d.svcs {
-		if sv.inc == nil {
+		if sv.inc == nil && sv.ovl == nil {
 			seen = append(seen, sv.seen)
 		}
 	}
@@ -66,13 +70,14 @@ func (d *Detector) evictServices() {
 	slices.Sort(seen)
 	cut := seen[len(seen)/4]
 	for a, sv := range d.svcs {
-		if sv.inc == nil && sv.seen <= cut {
+		if sv.inc == nil && sv.ovl == nil && sv.seen <= cut {
 			delete(d.svcs, a)
 		}
 	}
 }
 
 func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *Decisions) {
+	drops := d.handshakeDrops()
 	for _, sc := range s.Services {
 		sv := d.service(sc.Addr, now)
 		if sv == nil {
@@ -155,8 +160,45 @@ func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *D
 			d.alarmService(sv, now, rate, ackRate, mu, sd, limit, extraShare, learned, dsyn, dack, out)
 		} else if sv.inc == nil {
 			d.learnService(sv, x, xack, dt, learned, limit)
+			if drops > 0 && rate >= d.cfg.ServiceSYNRate {
+				d.overload(sv, now, rate, extraShare, drops, dsyn, dack, out)
+			}
 		}
 	}
+}
+
+// handshakeDrops is how many handshakes the kernel dropped since the
+// previous snapshot (ListenDrops includes the accept queue's overflows;
+// some kernels count SYN-queue drops only as ReqQFullDrop).
+func (d *Detector) handshakeDrops() uint64 {
+	cur, prev := d.kern.latest(), d.kernBase
+	return max(sub(cur.ListenDrops, prev.ListenDrops), sub(cur.ListenOverflows, prev.ListenOverflows)+sub(cur.ReqQFullDrop, prev.ReqQFullDrop))
+}
+
+// overload opens or updates the overload incident of a busy service whose
+// SYNs mostly complete their handshakes (it is no flood: that was judged
+// first) while the kernel drops handshakes: a capacity problem.
+func (d *Detector) overload(sv *service, now int64, rate, extraShare float64, drops, dsyn, dack uint64, out *Decisions) {
+	sv.lastOverload = now
+	addr := sv.addr.String()
+	reason := fmt.Sprintf("service %s receives %s SYN/s and %s of the extra SYNs complete their handshakes, while the kernel dropped %s handshakes since the last reading: capacity, not an attack; nothing banned. What helps: a larger listen backlog (net.core.somaxconn, net.ipv4.tcp_max_syn_backlog and the server's own listen() backlog), more workers accepting connections, kernel SYN cookies on",
+		addr, num(rate), pct(1-extraShare), num(float64(drops)))
+	if sv.ovl == nil {
+		if d.open >= d.cfg.MaxIncidents {
+			return
+		}
+		inc := d.openIncident(KindOverload, addr, now, dsyn, dack)
+		inc.Service = sv.addr
+		inc.SYNThreshold = d.cfg.ServiceSYNRate
+		inc.HalfOpenThreshold = d.cfg.ServiceHalfOpen
+		sv.ovl = inc
+		d.fillIncident(inc, rate, extraShare, reason, now)
+		out.Incidents = append(out.Incidents, inc.Incident)
+		return
+	}
+	sv.ovl.SYN += dsyn
+	sv.ovl.ACK += dack
+	d.updateIncident(sv.ovl, rate, extraShare, reason, now, out)
 }
 
 // learnedWeight is the weight a service's baseline must reach before it is

@@ -82,6 +82,10 @@ func (d *Detector) State() State {
 			if sv := d.svcs[inc.Service]; sv != nil {
 				is.LastFlagged = time.Unix(0, sv.lastAlarm).UTC()
 			}
+		case KindOverload:
+			if sv := d.svcs[inc.Service]; sv != nil {
+				is.LastFlagged = time.Unix(0, sv.lastOverload).UTC()
+			}
 		}
 		st.Incidents = append(st.Incidents, is)
 	}
@@ -158,8 +162,20 @@ func (d *Detector) Restore(st State) error {
 			// A new epoch: every source counts as new in it (start
 			// leaves epoch 0, every source's, behind).
 			d.flood.start(d.last)
+		case KindOverload:
+			ap, err := netip.ParseAddrPort(is.Addr)
+			if err != nil {
+				return fmt.Errorf("restore detector state: incident %s: service %q: %w", is.ID, is.Addr, err)
+			}
+			sv := d.service(ap, last)
+			if sv == nil {
+				continue
+			}
+			inc.Service = ap
+			d.storeIncident(inc)
+			sv.ovl, sv.lastOverload = inc, last
 		default:
-			return fmt.Errorf("restore detector state: incident %s: kind %q: want source or service", is.ID, is.Kind)
+			return fmt.Errorf("restore detector state: incident %s: kind %q: want source, service or overload", is.ID, is.Kind)
 		}
 	}
 	return nil

@@ -68,7 +68,7 @@ func NewMetrics(version string) *Metrics {
 	for _, o := range []string{api.OriginDetector, api.OriginManual} {
 		m.bansApplied.WithLabelValues(o)
 	}
-	for _, k := range []detector.Kind{detector.KindSource, detector.KindService} {
+	for _, k := range detector.Kinds {
 		m.incidents.WithLabelValues(string(k))
 	}
 	m.reg.MustRegister(m.pollSeconds, m.detectSeconds, m.pollErrors, m.banErrors, m.fullScans, m.suspects, m.bansApplied, m.bansLifted, m.incidents,
@@ -104,7 +104,10 @@ func (m *Metrics) setState(c api.Counters, bans map[netip.Prefix]BanMeta, allows
 		m.bansBy[b.Origin]++
 	}
 	m.allows = allows
-	m.openBy = map[string]int{string(detector.KindSource): 0, string(detector.KindService): 0}
+	m.openBy = map[string]int{}
+	for _, k := range detector.Kinds {
+		m.openBy[string(k)] = 0
+	}
 	for _, in := range open {
 		m.openBy[string(in.Kind)]++
 	}
@@ -154,8 +157,8 @@ func (s stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBans, prometheus.GaugeValue, float64(bans[o]), o)
 	}
 	ch <- prometheus.MustNewConstMetric(descAllows, prometheus.GaugeValue, float64(allows))
-	for _, k := range []string{string(detector.KindSource), string(detector.KindService)} {
-		ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(open[k]), k)
+	for _, k := range detector.Kinds {
+		ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(open[string(k)]), string(k))
 	}
 	ch <- prometheus.MustNewConstMetric(descWatched, prometheus.GaugeValue, float64(watched))
 	var ts float64

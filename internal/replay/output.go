@@ -94,7 +94,7 @@ func (r *Report) WriteText(w io.Writer) error {
 				resolved = rel(*inc.ResolvedAt)
 			}
 			sources := "-"
-			if inc.Kind == detector.KindService {
+			if inc.Kind == detector.KindService || inc.Kind == detector.KindOverload {
 				sources = fmt.Sprint(inc.DistinctSources)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%.0f\t%.0f%%\t%s\n", inc.ID, inc.Kind, inc.Verdict, inc.Addr, rel(inc.OpenedAt), resolved,
