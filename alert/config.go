@@ -66,7 +66,7 @@ type SinkConfig struct {
 	RoutingKeyFile string `yaml:"routing_key_file,omitempty" json:"routing_key_file,omitempty"`
 	// MinSeverity drops incidents below it: info (default), warning, critical.
 	MinSeverity string `yaml:"min_severity,omitempty" json:"min_severity,omitempty"`
-	// Kinds restricts the sink to these incident kinds (source, service);
+	// Kinds restricts the sink to these incident kinds (source, service, overload);
 	// empty means all.
 	Kinds []string `yaml:"kinds,omitempty" json:"kinds,omitempty"`
 	// Timeout bounds one HTTP attempt (default 10s).

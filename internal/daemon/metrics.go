@@ -60,7 +60,7 @@ func NewMetrics(version string) *Metrics {
 		bansApplied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "synguard_bans_applied_total", Help: "Bans put on the kernel blocklist, by origin (detector, manual)."},
 			[]string{"origin"}),
 		bansLifted: prometheus.NewCounter(prometheus.CounterOpts{Name: "synguard_bans_lifted_total", Help: "Detector bans lifted before their kernel expiry."}),
-		incidents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "synguard_incidents_opened_total", Help: "Incidents opened, by kind (source, service)."},
+		incidents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "synguard_incidents_opened_total", Help: "Incidents opened, by kind (source, service, overload)."},
 			[]string{"kind"}),
 		bansBy: map[string]int{},
 		openBy: map[string]int{},
