@@ -258,6 +258,13 @@ func TestSlowBotnetBannedAfterServiceBanAfter(t *testing.T) {
 		if len(dec.Bans) > 0 && firstBan.IsZero() {
 			firstBan = s.now
 		}
+		if sec == 3 { // flagged as a flood, no bot banned yet
+			ex := s.d.Explain(bot(0))
+			if ex.Verdict != VerdictDistributed || !strings.Contains(ex.Text, "during the flood on 10.0.0.1:443") ||
+				!strings.Contains(ex.Text, "verdict distributed: 41 distinct sources") {
+				t.Errorf("explain of a slow bot during the flood: %s (verdict %q)", ex.Text, ex.Verdict)
+			}
+		}
 	}
 	if _, ok := openedServiceAt(s, v); !ok {
 		t.Fatal("no service incident for 40 slow bots")

@@ -139,6 +139,8 @@ type Explanation struct {
 	HalfOpenThreshold float64 `json:"half_open_threshold"`
 	Flagged           bool    `json:"flagged"`
 	IncidentID        string  `json:"incident_id,omitempty"`
+	// Verdict is the verdict of that incident (its words are in Text).
+	Verdict Verdict `json:"verdict,omitempty"`
 	// ProtectedBy is the protected prefix covering the address, if any.
 	ProtectedBy *netip.Prefix `json:"protected_by,omitempty"`
 	Ban         *Ban          `json:"ban,omitempty"`

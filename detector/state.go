@@ -186,8 +186,12 @@ func (d *Detector) Explain(a netip.Addr) Explanation {
 	a = a.Unmap()
 	e := Explanation{Addr: a, SYNThreshold: d.cfg.SourceSYNRate, HalfOpenThreshold: d.cfg.SourceHalfOpen}
 	var parts []string
+	var flood *incident // the service flood the source takes part in
 	if i, ok := d.sources.lookup(a); ok {
 		s := d.sources.s.at(i)
+		if d.flood.inc != nil && s.epoch == d.flood.epoch && s.flags&flagEpochACK == 0 {
+			flood = d.flood.inc
+		}
 		e.Tracked = s.seen != 0
 		if s.seen != 0 {
 			e.SeenAt = time.Unix(0, s.seen).UTC()
@@ -197,7 +201,8 @@ func (d *Detector) Explain(a netip.Addr) Explanation {
 		e.HalfOpenShare = halfOpen(float64(s.synRate), float64(s.ackRate))
 		e.Flagged = s.flags&flagFlagged != 0
 		if s.inc > 0 {
-			e.IncidentID = d.incs[s.inc-1].ID
+			inc := d.incs[s.inc-1]
+			e.IncidentID, e.Verdict = inc.ID, inc.Verdict
 		}
 	}
 	if e.Tracked {
@@ -206,12 +211,19 @@ func (d *Detector) Explain(a netip.Addr) Explanation {
 	} else {
 		parts = append(parts, fmt.Sprintf("%s: no figures (not seen recently)", a))
 	}
-	if e.Flagged {
+	switch {
+	case e.Flagged:
 		parts = append(parts, "flagged as a flooding source")
 		if e.IncidentID != "" {
-			parts[len(parts)-1] += " (incident " + e.IncidentID + ")"
+			parts[len(parts)-1] += " (incident " + e.IncidentID + ", verdict " + d.byID[e.IncidentID].VerdictText() + ")"
 		}
-	} else {
+	case flood != nil:
+		// Not flagged on its own, but one of the half-open senders of a
+		// service flood (a slow bot, or a real client the flood holds up).
+		e.IncidentID, e.Verdict = flood.ID, flood.Verdict
+		parts = append(parts, fmt.Sprintf("not flagged on its own, but it sent half-open SYNs during the flood on %s (incident %s, verdict %s)",
+			flood.Addr, flood.ID, flood.VerdictText()))
+	default:
 		parts = append(parts, "not flagged")
 	}
 	if p, ok := d.protectedBy(a); ok {
