@@ -163,7 +163,7 @@ func (d *Detector) observe(s Snapshot, feed SourceFeed) (Decisions, error) {
 	d.sources.endSnapshot(p.n)
 	d.observeServices(s, now, dtPrev, &out)
 	d.observeBanCounters(s, now, dtPrev, &out)
-	d.maintain(now, &out)
+	d.maintain(now, s.Complete, &out)
 	d.last = now
 	d.kernBase = d.kern.latest()
 	if !s.Complete {

@@ -188,8 +188,8 @@ func (d *Detector) resolve(inc *incident, now int64, out *Decisions) {
 }
 
 // maintain resolves quiet incidents, emits periodic updates, and renews or
-// lifts bans.
-func (d *Detector) maintain(now int64, out *Decisions) {
+// lifts bans. complete says whether the current snapshot was complete.
+func (d *Detector) maintain(now int64, complete bool, out *Decisions) {
 	quiet := int64(d.cfg.ResolveAfter)
 	// Whether a service incident stays open decides, at the next
 	// snapshot, whether the flood epoch goes on (beginSources).
@@ -203,7 +203,14 @@ func (d *Detector) maintain(now int64, out *Decisions) {
 		case KindSource:
 			st := d.sources.s.at(inc.src)
 			last := max(st.lastFlag, d.banActivity(inc.Source))
-			if now-last >= quiet {
+			// Quiet is what a reading showed, not the absence of one: the
+			// source was read since it was last flagged and no longer
+			// flagged, or a complete snapshot since then did not list it.
+			// With a million sources a daemon's full scans come every 40 s
+			// or so, beyond resolve_after; without this the incident of a
+			// source still sending resolved between two scans and reopened.
+			heard := st.seen > st.lastFlag || d.lastComplete > st.lastFlag || (complete && st.lastFlag < now)
+			if now-last >= quiet && heard {
 				d.unflag(st)
 				d.resolve(inc, now, out)
 				continue

@@ -399,3 +399,64 @@ func TestFlashCrowdOnSmallBacklogIsOverload(t *testing.T) {
 		t.Error("spoofed flood with kernel drops not flagged as a flood")
 	}
 }
+
+// With a million sources the daemon's full scans come about every 40 s,
+// beyond resolve_after (30 s), and a source below the early-warning run is
+// read only by them. Its incident must stay open between two scans while
+// it keeps sending (no resolve, no second "opened"), and resolve at the
+// first complete scan that shows it quiet.
+func TestSourceIncidentSurvivesSparseFullScans(t *testing.T) {
+	d := New(DefaultConfig(), Options{})
+	a := addr("203.0.113.77")
+	now := t0
+	d.Observe(Snapshot{Time: now, Complete: true})
+	syn := uint64(0)
+	var decs []Decisions
+	scan := func(sending bool) {
+		if sending {
+			syn += 40 * 60 // 60 SYN/s over the 40 s since the last scan
+		}
+		now = now.Add(time.Second)
+		var srcs []SourceCounters
+		if sending {
+			srcs = []SourceCounters{{Addr: a, SYN: syn}}
+		}
+		decs = append(decs, d.Observe(Snapshot{Time: now, Complete: true, Sources: srcs}))
+	}
+	partial := func(n int) {
+		for range n {
+			now = now.Add(time.Second)
+			decs = append(decs, d.Observe(Snapshot{Time: now}))
+		}
+	}
+	// The first scan rates the source over the interval before it; later
+	// ones over the 40 s in between.
+	syn = 120
+	now = now.Add(time.Second)
+	decs = append(decs, d.Observe(Snapshot{Time: now, Complete: true, Sources: []SourceCounters{{Addr: a, SYN: syn}}}))
+	for range 3 {
+		partial(39)
+		scan(true)
+	}
+	stages := func() (opened, resolved int) {
+		for _, dec := range decs {
+			for _, inc := range dec.Incidents {
+				switch inc.Stage {
+				case StageOpened:
+					opened++
+				case StageResolved:
+					resolved++
+				}
+			}
+		}
+		return
+	}
+	if o, r := stages(); o != 1 || r != 0 {
+		t.Fatalf("source still sending between sparse scans: %d opened, %d resolved; want 1 and 0", o, r)
+	}
+	partial(39)
+	scan(false) // the scan shows it quiet
+	if o, r := stages(); o != 1 || r != 1 {
+		t.Errorf("after a quiet scan: %d opened, %d resolved; want 1 and 1", o, r)
+	}
+}
