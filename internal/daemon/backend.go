@@ -274,6 +274,12 @@ func (d *Daemon) Block(ctx context.Context, p netip.Prefix, ttl time.Duration, r
 		reason = "manual block"
 	}
 	until := now.Add(ttl)
+	// The manual ban now owns the kernel entry: the detector forgets its
+	// own ban on p (keeping the offence), or it would go on believing in
+	// a ban the kernel may have expired, and renew it.
+	if d.engine != nil {
+		d.engine.Lift(p)
+	}
 	d.banSeq++
 	d.st.Bans[p] = BanMeta{Origin: api.OriginManual, Reason: reason, From: now, Until: until, seq: d.banSeq}
 	d.dirty = true
