@@ -44,9 +44,16 @@ const (
 	VerdictOverload Verdict = "overload"
 )
 
-// spoofedShare is the share of a flood's half-open sources that sent a
-// single SYN from which the flood counts as spoofed.
-const spoofedShare = 0.5
+// A service flood is spoofed when at least spoofedShare of the half-open
+// sources the detector read sent a single SYN, or when at least
+// untrackedShare of its SYNs came from sources it never read individually.
+// The second is how a live daemon sees spoofing: its scans leave out
+// sources too small to flood (a spoofed address sends one SYN), so their
+// SYNs show up in the service's counters only.
+const (
+	spoofedShare   = 0.5
+	untrackedShare = 0.9
+)
 
 // Severity ranks incidents so that alert sinks can filter and map them onto
 // their own scales (PagerDuty, Alertmanager labels).
@@ -158,16 +165,19 @@ type Incident struct {
 
 	// DistinctSources and TopSources describe a service incident's senders;
 	// SingleSYNSources is how many of the distinct ones sent exactly one
-	// SYN (the figure behind the verdict spoofed).
-	DistinctSources  int `json:"distinct_sources,omitempty"`
-	SingleSYNSources int `json:"single_syn_sources,omitempty"`
+	// SYN, and UntrackedSYNShare the share of the flood's SYNs from sources
+	// the detector never read individually (the figures behind the
+	// verdict spoofed).
+	DistinctSources   int            `json:"distinct_sources,omitempty"`
+	SingleSYNSources  int            `json:"single_syn_sources,omitempty"`
+	UntrackedSYNShare float64        `json:"untracked_syn_share,omitempty"`
+	TopSources        []SourceFigure `json:"top_sources,omitempty"`
 	// For an overload: CompletionShare is the share of the service's
 	// SYNs that completed their handshake, and DistinctSources and
 	// NewSources count the sources that sent SYNs in the last interval
 	// and how many of them were never seen before.
-	CompletionShare float64        `json:"handshake_completion_share,omitempty"`
-	NewSources      int            `json:"new_sources,omitempty"`
-	TopSources      []SourceFigure `json:"top_sources,omitempty"`
+	CompletionShare float64 `json:"handshake_completion_share,omitempty"`
+	NewSources      int     `json:"new_sources,omitempty"`
 
 	Kernel KernelImpact `json:"kernel"`
 
@@ -241,6 +251,9 @@ func (inc Incident) VerdictText() string {
 	case VerdictSingleSource:
 		return fmt.Sprintf("single-source: one address, %s, sends %s SYN/s, %s half-open", inc.Addr, num(inc.SYNPerSecond), pct(inc.HalfOpenShare))
 	case VerdictSpoofed:
+		if inc.UntrackedSYNShare >= untrackedShare {
+			return fmt.Sprintf("spoofed: %s of the flood's SYNs came from sources that each sent too few SYNs to be tracked, one SYN per address", pct(inc.UntrackedSYNShare))
+		}
 		return fmt.Sprintf("spoofed: %s of %s distinct sources sent a single SYN and were never seen again", num(float64(inc.SingleSYNSources)), num(float64(inc.DistinctSources)))
 	case VerdictOverload:
 		return fmt.Sprintf("overload: %s sources (%s new) complete %s of their handshakes while the kernel drops handshakes: capacity, not an attack",

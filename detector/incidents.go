@@ -77,8 +77,13 @@ func (d *Detector) fillIncident(inc *incident, rate, share float64, reason strin
 		inc.DistinctSources = d.flood.distinct
 		inc.SingleSYNSources = d.flood.single
 		inc.TopSources = d.topSources()
+		inc.UntrackedSYNShare = 0
+		if inc.SYN > 0 {
+			inc.UntrackedSYNShare = 1 - math.Min(1, float64(d.flood.syn)/float64(inc.SYN))
+		}
 		inc.Verdict = VerdictDistributed
-		if d.flood.distinct > 0 && float64(d.flood.single) >= spoofedShare*float64(d.flood.distinct) {
+		if (d.flood.distinct > 0 && float64(d.flood.single) >= spoofedShare*float64(d.flood.distinct)) ||
+			inc.UntrackedSYNShare >= untrackedShare {
 			inc.Verdict = VerdictSpoofed
 		}
 	default:
@@ -93,9 +98,11 @@ func (d *Detector) fillIncident(inc *incident, rate, share float64, reason strin
 // updateIncident refreshes figures and emits an "updated" stage at most
 // every UpdateEvery, or at once when the severity rises.
 func (d *Detector) updateIncident(inc *incident, rate, share float64, reason string, now int64, out *Decisions) {
-	sev := inc.Severity
+	sev, verdict := inc.Severity, inc.Verdict
 	d.fillIncident(inc, rate, share, reason, now)
-	if now-inc.lastUpdate >= int64(d.cfg.UpdateEvery) || inc.Severity != sev {
+	// A new verdict is news at once: later scans can show that a flood
+	// first seen only in the service's counters comes from real sources.
+	if now-inc.lastUpdate >= int64(d.cfg.UpdateEvery) || inc.Severity != sev || inc.Verdict != verdict {
 		d.emitUpdate(inc, now, out)
 	}
 }

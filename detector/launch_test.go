@@ -460,3 +460,57 @@ func TestSourceIncidentSurvivesSparseFullScans(t *testing.T) {
 		t.Errorf("after a quiet scan: %d opened, %d resolved; want 1 and 1", o, r)
 	}
 }
+
+// Live, the daemon's scans leave out sources with a handful of SYNs, so a
+// spoofed flood shows only in the service's counters: its verdict is
+// spoofed on the untracked share. Once real senders are read (a later
+// scan of slow bots), the verdict turns distributed, as an update at once.
+func TestVerdictFromUntrackedSYNs(t *testing.T) {
+	d := New(DefaultConfig(), Options{})
+	v := addrPort("10.0.0.1:443")
+	now := t0
+	d.Observe(Snapshot{Time: now})
+	syn := uint64(0)
+	var opened *Incident
+	for range 3 {
+		now, syn = now.Add(time.Second), syn+50_000
+		for _, inc := range d.Observe(Snapshot{Time: now, Services: []ServiceCounters{{Addr: v, SYN: syn}}}).Incidents {
+			if inc.Stage == StageOpened {
+				opened = &inc
+			}
+		}
+	}
+	if opened == nil || opened.Verdict != VerdictSpoofed || opened.UntrackedSYNShare < 0.99 ||
+		!strings.Contains(opened.VerdictText(), "too few SYNs to be tracked") {
+		t.Fatalf("spoofed flood seen in the service counters only: %+v", opened)
+	}
+
+	// Slow bots: the service incident opens before any scan reads them;
+	// the first scan that does turns the verdict distributed at once.
+	d2 := New(DefaultConfig(), Options{})
+	now = t0
+	d2.Observe(Snapshot{Time: now})
+	bots := make([]SourceCounters, 40)
+	for i := range bots {
+		bots[i].Addr = netip.AddrFrom4([4]byte{198, 18, 0, byte(1 + i)})
+		bots[i].FirstSeen = t0 // as the kernel entry says
+	}
+	syn = 0
+	var verdicts []Verdict
+	for sec := range 6 {
+		now, syn = now.Add(time.Second), syn+1000
+		snap := Snapshot{Time: now, Services: []ServiceCounters{{Addr: v, SYN: syn}}}
+		for i := range bots {
+			bots[i].SYN += 25
+		}
+		if sec >= 3 { // the first full scan
+			snap.Sources, snap.Complete = bots, true
+		}
+		for _, inc := range d2.Observe(snap).Incidents {
+			verdicts = append(verdicts, inc.Verdict)
+		}
+	}
+	if len(verdicts) < 2 || verdicts[0] != VerdictSpoofed || verdicts[len(verdicts)-1] != VerdictDistributed {
+		t.Errorf("slow bots' verdicts as emitted: %v, want spoofed at opening, then distributed once scanned", verdicts)
+	}
+}

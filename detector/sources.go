@@ -379,7 +379,10 @@ type floodEpoch struct {
 	// half-open SYN in the epoch: the mark of spoofed random sources, each
 	// seen once and never again.
 	single int
-	top    []topEntry
+	// syn sums the half-open SYNs of the sources counted in the epoch: the
+	// part of a flood the detector could attribute to sources it read.
+	syn uint64
+	top []topEntry
 }
 
 type topEntry struct {
@@ -392,7 +395,7 @@ func (f *floodEpoch) start(now int64) {
 	f.active = true
 	f.startAt = now
 	f.epoch++
-	f.distinct, f.single = 0, 0
+	f.distinct, f.single, f.syn = 0, 0, 0
 	f.top = f.top[:0]
 }
 
@@ -412,6 +415,7 @@ func (f *floodEpoch) count(t *sourceTable, i int32, dsyn uint32, k int, now int6
 		f.single--
 	}
 	s.epochSYN += dsyn
+	f.syn += uint64(dsyn)
 	minAt := -1
 	for j := range f.top {
 		if f.top[j].idx == i && t.is(s, f.top[j].key) {
