@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,8 +30,21 @@ func crowd(s *sim, v netip.AddrPort, first, n int) {
 	}
 }
 
-// openedServiceAt returns when the first service incident for v opened, or
-// the zero time.
+// requireOpenedWithin fails t unless a service incident for v opened at
+// most d after from, and returns it.
+func requireOpenedWithin(t *testing.T, s *sim, v netip.AddrPort, from time.Time, d time.Duration) Incident {
+	t.Helper()
+	inc, ok := openedServiceAt(s, v)
+	if !ok {
+		t.Fatalf("no service incident for %v", v)
+	}
+	if lag := inc.OpenedAt.Sub(from); lag > d {
+		t.Errorf("incident opened %v after %v, want within %v", lag, from, d)
+	}
+	return inc
+}
+
+// openedServiceAt returns the first service incident opened for v.
 func openedServiceAt(s *sim, v netip.AddrPort) (Incident, bool) {
 	for _, dec := range s.all {
 		for _, inc := range dec.Incidents {
@@ -56,13 +70,7 @@ func TestNewServiceFloodedFromFirstSecond(t *testing.T) {
 		clients(s, 3, 1) // real users keep booking
 		s.tick(time.Second)
 	}
-	inc, ok := openedServiceAt(s, portal)
-	if !ok {
-		t.Fatal("no service incident for a service flooded from its first second")
-	}
-	if d := inc.OpenedAt.Sub(start); d > 2*time.Second {
-		t.Errorf("incident opened %v after the flood's first SYN, want ≤ 2s", d)
-	}
+	inc := requireOpenedWithin(t, s, portal, start, 2*time.Second)
 	if !strings.Contains(inc.Reason, "judged against the floors") {
 		t.Errorf("reason %q should say the service has no learned baseline", inc.Reason)
 	}
@@ -93,13 +101,7 @@ func TestDaemonStartedMidFlood(t *testing.T) {
 		spoofed(s, r, portal, 5000)
 		s.tick(time.Second)
 	}
-	inc, ok := openedServiceAt(s, portal)
-	if !ok {
-		t.Fatal("no service incident after a restart in the middle of a flood")
-	}
-	if d := inc.OpenedAt.Sub(started); d > 2*time.Second {
-		t.Errorf("incident opened %v after the restart, want ≤ 2s", d)
-	}
+	requireOpenedWithin(t, s, portal, started, 2*time.Second)
 }
 
 // Property: after any prefix of normal traffic (none, seconds, minutes),
@@ -512,5 +514,52 @@ func TestVerdictFromUntrackedSYNs(t *testing.T) {
 	}
 	if len(verdicts) < 2 || verdicts[0] != VerdictSpoofed || verdicts[len(verdicts)-1] != VerdictDistributed {
 		t.Errorf("slow bots' verdicts as emitted: %v, want spoofed at opening, then distributed once scanned", verdicts)
+	}
+}
+
+// An open overload incident survives a restart (State, Restore): it keeps
+// its id, opens no second time, and resolves once the drops have stopped.
+func TestOverloadIncidentSurvivesRestore(t *testing.T) {
+	s := newSim(t, DefaultConfig(), Options{Enforce: true})
+	v := addrPort("10.0.0.1:443")
+	for i := range 3 {
+		crowd(s, v, i*600, 600)
+		s.kernel.ListenDrops += 50
+		s.tick(time.Second)
+	}
+	inc, ok := func() (Incident, bool) {
+		for _, dec := range s.all {
+			for _, in := range dec.Incidents {
+				if in.Kind == KindOverload && in.Stage == StageOpened {
+					return in, true
+				}
+			}
+		}
+		return Incident{}, false
+	}()
+	if !ok {
+		t.Fatal("no overload incident")
+	}
+	d := New(DefaultConfig(), Options{Enforce: true})
+	if err := d.Restore(s.d.State()); err != nil {
+		t.Fatal(err)
+	}
+	s.d, s.all = d, nil
+	s.tick(time.Second) // the restored detector's baseline
+	for range 40 {
+		crowd(s, v, 10_000, 1)
+		s.tick(time.Second)
+	}
+	var stages []Stage
+	for _, dec := range s.all {
+		for _, in := range dec.Incidents {
+			if in.ID != inc.ID {
+				t.Fatalf("after the restore: incident %s (%s, %s), want only %s", in.ID, in.Kind, in.Stage, inc.ID)
+			}
+			stages = append(stages, in.Stage)
+		}
+	}
+	if len(stages) == 0 || stages[len(stages)-1] != StageResolved || slices.Contains(stages, StageOpened) {
+		t.Errorf("restored overload incident's stages %v, want it to resolve without opening again", stages)
 	}
 }

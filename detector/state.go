@@ -147,7 +147,7 @@ func (d *Detector) Restore(st State) error {
 			}
 			s.lastFlag, s.inc = last, inc.handle
 			inc.src = i
-		case KindService:
+		case KindService, KindOverload:
 			ap, err := netip.ParseAddrPort(is.Addr)
 			if err != nil {
 				return fmt.Errorf("restore detector state: incident %s: service %q: %w", is.ID, is.Addr, err)
@@ -158,22 +158,14 @@ func (d *Detector) Restore(st State) error {
 			}
 			inc.Service = ap
 			d.storeIncident(inc)
+			if is.Kind == KindOverload {
+				sv.ovl, sv.lastOverload = inc, last
+				continue
+			}
 			sv.inc, sv.lastAlarm = inc, last
 			// A new epoch: every source counts as new in it (start
 			// leaves epoch 0, every source's, behind).
 			d.flood.start(d.last)
-		case KindOverload:
-			ap, err := netip.ParseAddrPort(is.Addr)
-			if err != nil {
-				return fmt.Errorf("restore detector state: incident %s: service %q: %w", is.ID, is.Addr, err)
-			}
-			sv := d.service(ap, last)
-			if sv == nil {
-				continue
-			}
-			inc.Service = ap
-			d.storeIncident(inc)
-			sv.ovl, sv.lastOverload = inc, last
 		default:
 			return fmt.Errorf("restore detector state: incident %s: kind %q: want source, service or overload", is.ID, is.Kind)
 		}
