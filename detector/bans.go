@@ -118,13 +118,19 @@ func (d *Detector) banSlowSender(st *source, a netip.Addr, now int64, out *Decis
 	if span < int64(d.cfg.ServiceBanAfter) || float64(st.epochSYN) < d.cfg.ServiceBanSYNRate*float64(span)/1e9 {
 		return
 	}
-	if d.covering(a) != nil {
+	if d.covering(a) != nil || len(d.bans) >= d.cfg.MaxBans {
+		return
+	}
+	if _, ok := d.protectedBy(a); ok {
 		return
 	}
 	inc := d.flood.inc
 	reason := fmt.Sprintf("%s sent %s half-open SYNs in %v during the flood on service %s and completed no handshake (service_ban_after %v, service_ban_syn_rate %s)",
 		a, num(float64(st.epochSYN)), time.Duration(span).Round(100*time.Millisecond), inc.Addr, d.cfg.ServiceBanAfter, num(d.cfg.ServiceBanSYNRate))
 	d.banFor(a, now, inc, reason, out)
+	if b := d.covering(a); b != nil && b.Prefix.IsSingleIP() {
+		d.maybeAggregate(a, now, inc, out) // this ban may complete a prefix
+	}
 }
 
 // maybeAggregate replaces the host bans inside a's /24 or /64 with one
@@ -135,7 +141,9 @@ func (d *Detector) maybeAggregate(a netip.Addr, now int64, inc *incident, out *D
 		return false
 	}
 	agg := d.aggPrefix(a)
-	n := d.aggCount[agg]
+	// Flagged sources, or banned hosts (slow senders are banned without
+	// being flagged), whichever is more.
+	n := max(d.aggCount[agg], d.hostBans[agg])
 	if n < d.cfg.AggregateSources || d.overlapsProtected(agg) || d.bans[agg] != nil {
 		return false
 	}
@@ -153,7 +161,7 @@ func (d *Detector) maybeAggregate(a netip.Addr, now int64, inc *incident, out *D
 			d.lift(p, out)
 		}
 	}
-	reason := fmt.Sprintf("SYN flood from %d flagged sources in %s (aggregate_sources %d)", n, agg, d.cfg.AggregateSources)
+	reason := fmt.Sprintf("SYN flood from %d flagged or banned sources in %s (aggregate_sources %d)", n, agg, d.cfg.AggregateSources)
 	d.addBan(agg, now, inc, reason, out)
 	return true
 }
@@ -182,7 +190,7 @@ func (d *Detector) addBan(p netip.Prefix, now int64, inc *incident, reason strin
 			inc.Bans = append(inc.Bans, b.Ban)
 		}
 	}
-	d.bans[p] = b
+	d.storeBan(b)
 	d.offences[p] = offence{Count: n, Last: t}
 	d.pruneOffences(now)
 	out.Bans = append(out.Bans, b.Ban)
@@ -198,13 +206,35 @@ func (d *Detector) Lift(p netip.Prefix) bool {
 	if d.bans[p] == nil {
 		return false
 	}
-	delete(d.bans, p)
+	d.dropBan(p)
 	return true
 }
 
 func (d *Detector) lift(p netip.Prefix, out *Decisions) {
-	delete(d.bans, p)
+	d.dropBan(p)
 	out.Unbans = append(out.Unbans, p)
+}
+
+// storeBan and dropBan keep d.bans and the count of host bans per
+// aggregation prefix together.
+func (d *Detector) storeBan(b *ban) {
+	d.bans[b.Prefix] = b
+	if b.Prefix.IsSingleIP() {
+		d.hostBans[d.aggPrefix(b.Prefix.Addr())]++
+	}
+}
+
+func (d *Detector) dropBan(p netip.Prefix) {
+	if d.bans[p] == nil {
+		return
+	}
+	delete(d.bans, p)
+	if p.IsSingleIP() {
+		agg := d.aggPrefix(p.Addr())
+		if d.hostBans[agg]--; d.hostBans[agg] <= 0 {
+			delete(d.hostBans, agg)
+		}
+	}
 }
 
 // observeBanCounters reads the kernel's per-ban drop counters: drops mean

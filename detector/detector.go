@@ -35,6 +35,7 @@ type Detector struct {
 	bans     map[netip.Prefix]*ban
 	offences map[netip.Prefix]offence
 	aggCount map[netip.Prefix]int // flagged sources per aggregation prefix
+	hostBans map[netip.Prefix]int // host bans per aggregation prefix
 	kern     kernelHistory
 	flood    floodEpoch // distinct/top sources while a service is flooded
 	// flaggedSYN counts this snapshot's SYNs from flagged sources: a
@@ -44,6 +45,9 @@ type Detector struct {
 	// current snapshot and those among them new to the detector (the
 	// figures of an overload incident).
 	snapSources, snapNew int
+	snapComplete         bool
+	// overloaded collects a snapshot's overload candidates (reused).
+	overloaded []overloadCandidate
 	// kernBase is the kernel sample before the current snapshot: an
 	// incident's kernel evidence counts from there.
 	kernBase KernelCounters
@@ -77,6 +81,7 @@ func New(cfg Config, opt Options) *Detector {
 		byID:      make(map[string]*incident),
 		offences:  make(map[netip.Prefix]offence),
 		aggCount:  make(map[netip.Prefix]int),
+		hostBans:  make(map[netip.Prefix]int),
 		renewHint: time.Second,
 	}
 	d.flood.top = make([]topEntry, 0, cfg.TopSources)
@@ -164,6 +169,9 @@ func (d *Detector) observe(s Snapshot, feed SourceFeed) (Decisions, error) {
 	d.observeServices(s, now, dtPrev, &out)
 	d.observeBanCounters(s, now, dtPrev, &out)
 	d.maintain(now, s.Complete, &out)
+	if s.Complete {
+		d.judgeVerdicts(now, &out)
+	}
 	d.last = now
 	d.kernBase = d.kern.latest()
 	if !s.Complete {
@@ -212,6 +220,10 @@ func (d *Detector) baseline(s Snapshot) {
 	}
 	d.startedAt = now
 	d.started = true
+	if d.flood.active {
+		// Restored incidents started an epoch before any time was known.
+		d.flood.startAt = now
+	}
 	d.last = now
 }
 
@@ -243,7 +255,7 @@ func (d *Detector) beginSources(complete bool, now int64, dtPrev float64) source
 		d.flood.start(now)
 	}
 	d.flaggedSYN = 0
-	d.snapSources, d.snapNew = 0, 0
+	d.snapSources, d.snapNew, d.snapComplete = 0, 0, complete
 	return sourcePass{now: now, dtPrev: dtPrev, aPrev: d.alpha(dtPrev), complete: complete,
 		pre: d.sources.prefetching(), prev: -1}
 }
@@ -271,6 +283,15 @@ func (d *Detector) observeSources(p *sourcePass, sources []SourceCounters, out *
 		prev = i
 		var dsyn, dack uint64
 		fresh := st.seen == 0
+		// Where this reading's counts begin: the previous reading, or for a
+		// new source its kernel first-seen time or the previous snapshot.
+		from := st.seen
+		if fresh {
+			from = now - int64(dtPrev*1e9)
+			if fs := sc.FirstSeen.UnixNano(); !sc.FirstSeen.IsZero() && fs < from {
+				from = fs
+			}
+		}
 		if fresh {
 			// New since the previous snapshot: its counts cover at most that
 			// interval; start the EWMA at the observed rate (bias-corrected
@@ -321,13 +342,10 @@ func (d *Detector) observeSources(p *sourcePass, sources []SourceCounters, out *
 			}
 		}
 		if dsyn > dack {
-			d.flood.count(&d.sources, i, uint32(min(dsyn, math.MaxUint32)), d.cfg.TopSources, now)
+			d.flood.count(&d.sources, i, uint32(min(dsyn, math.MaxUint32)), d.cfg.TopSources, from)
 		}
 		if dack > 0 && st.epoch == d.flood.epoch {
 			st.flags |= flagEpochACK
-		}
-		if dsyn > 0 && d.flood.inc != nil {
-			d.banSlowSender(st, sc.Addr, now, out)
 		}
 		if st.flags&flagFlagged != 0 {
 			d.flaggedSYN += dsyn
@@ -352,6 +370,11 @@ func (d *Detector) observeSources(p *sourcePass, sources []SourceCounters, out *
 			// waits for ResolveAfter without a flagged observation.
 			inc := d.incs[st.inc-1]
 			inc.SYNPerSecond, inc.HalfOpenShare = rate, share
+		}
+		// After the flag: a source that crossed the per-source bar in
+		// this snapshot is banned as its own incident, not as a slow one.
+		if dsyn > 0 && d.flood.inc != nil {
+			d.banSlowSender(st, sc.Addr, now, out)
 		}
 	}
 }

@@ -18,7 +18,12 @@ type incident struct {
 	src        int32 // source index (KindSource)
 	kernAtOpen KernelCounters
 	lastUpdate int64
-	droppedNow uint64 // drops under its bans in the current snapshot
+	// halfOpenSYN counts a service incident's SYNs not matched by ACKs
+	// (per interval); verdictSYN and verdictFlood are it and the flood
+	// epoch's attributed SYNs when UntrackedSYNShare was last measured:
+	// the share compares the two over the same span.
+	halfOpenSYN, verdictSYN, verdictFlood uint64
+	droppedNow                            uint64 // drops under its bans in the current snapshot
 }
 
 // copy returns the incident as a value that shares nothing mutable.
@@ -70,22 +75,17 @@ func (d *Detector) fillIncident(inc *incident, rate, share float64, reason strin
 		port = svc.Port()
 		inc.Verdict = VerdictOverload
 		inc.CompletionShare = 1 - share
-		inc.DistinctSources, inc.NewSources = d.snapSources, d.snapNew
+		// A partial snapshot lists only watched sources, never a crowd's
+		// clients: the figures come from complete ones (and the first).
+		if d.snapComplete || inc.DistinctSources == 0 {
+			inc.DistinctSources, inc.NewSources = d.snapSources, d.snapNew
+		}
 	case KindService:
 		svc = inc.Service
 		port = svc.Port()
 		inc.DistinctSources = d.flood.distinct
 		inc.SingleSYNSources = d.flood.single
 		inc.TopSources = d.topSources()
-		inc.UntrackedSYNShare = 0
-		if inc.SYN > 0 {
-			inc.UntrackedSYNShare = 1 - math.Min(1, float64(d.flood.syn)/float64(inc.SYN))
-		}
-		inc.Verdict = VerdictDistributed
-		if (d.flood.distinct > 0 && float64(d.flood.single) >= spoofedShare*float64(d.flood.distinct)) ||
-			inc.UntrackedSYNShare >= untrackedShare {
-			inc.Verdict = VerdictSpoofed
-		}
 	default:
 		inc.Verdict = VerdictSingleSource
 	}
@@ -98,12 +98,60 @@ func (d *Detector) fillIncident(inc *incident, rate, share float64, reason strin
 // updateIncident refreshes figures and emits an "updated" stage at most
 // every UpdateEvery, or at once when the severity rises.
 func (d *Detector) updateIncident(inc *incident, rate, share float64, reason string, now int64, out *Decisions) {
-	sev, verdict := inc.Severity, inc.Verdict
+	sev := inc.Severity
 	d.fillIncident(inc, rate, share, reason, now)
-	// A new verdict is news at once: later scans can show that a flood
-	// first seen only in the service's counters comes from real sources.
-	if now-inc.lastUpdate >= int64(d.cfg.UpdateEvery) || inc.Severity != sev || inc.Verdict != verdict {
+	if now-inc.lastUpdate >= int64(d.cfg.UpdateEvery) || inc.Severity != sev {
 		d.emitUpdate(inc, now, out)
+	}
+}
+
+// measureUntracked sets a service incident's UntrackedSYNShare over the
+// span since it was last measured: its SYNs against the SYNs the flood
+// epoch attributed to sources read in that span. Both counts cover the same
+// span, also after a restore (which starts both from the restored values).
+// Fewer half-open SYNs than service_syn_rate are too few to measure: the
+// share is kept, and so are the marks, until enough have come.
+func (d *Detector) measureUntracked(inc *incident) {
+	if inc.halfOpenSYN < inc.verdictSYN || d.flood.syn < inc.verdictFlood { // an epoch restarted
+		inc.verdictSYN, inc.verdictFlood = inc.halfOpenSYN, d.flood.syn
+		return
+	}
+	n := inc.halfOpenSYN - inc.verdictSYN
+	if float64(n) < d.cfg.ServiceSYNRate {
+		return
+	}
+	inc.UntrackedSYNShare = 1 - math.Min(1, float64(d.flood.syn-inc.verdictFlood)/float64(n))
+	inc.verdictSYN, inc.verdictFlood = inc.halfOpenSYN, d.flood.syn
+}
+
+// judgeVerdict decides a service flood's verdict from the epoch's sources
+// and the untracked share (see spoofedShare).
+func (d *Detector) judgeVerdict(inc *incident) {
+	inc.Verdict = VerdictDistributed
+	if (d.flood.distinct > 0 && float64(d.flood.single) >= spoofedShare*float64(d.flood.distinct)) ||
+		inc.UntrackedSYNShare >= untrackedShare {
+		inc.Verdict = VerdictSpoofed
+	}
+}
+
+// judgeVerdicts re-judges the open service incidents at a complete
+// snapshot, when every source that moved has been read, so that the
+// untracked share is measured between two such snapshots and does not
+// swing with the partial ones in between. A new verdict is news at once:
+// a flood first seen in the service's counters only may turn out to come
+// from real sources once a scan reads them.
+func (d *Detector) judgeVerdicts(now int64, out *Decisions) {
+	for _, inc := range d.incs {
+		if inc == nil || inc.Kind != KindService {
+			continue
+		}
+		old := inc.Verdict
+		d.measureUntracked(inc)
+		d.judgeVerdict(inc)
+		if inc.Verdict != old && inc.OpenedAt.UnixNano() != now {
+			d.fillIncident(inc, inc.SYNPerSecond, inc.HalfOpenShare, inc.Reason, now)
+			d.emitUpdate(inc, now, out)
+		}
 	}
 }
 

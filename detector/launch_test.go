@@ -287,8 +287,14 @@ func TestSlowBotnetBannedAfterServiceBanAfter(t *testing.T) {
 		if p.Contains(patient) || p.Contains(addr("10.1.0.10")) {
 			t.Errorf("legitimate client banned: %v", b)
 		}
-		if !strings.Contains(b.Reason, "completed no handshake") && !strings.Contains(b.Reason, "flagged sources in") {
+		if !strings.Contains(b.Reason, "completed no handshake") && !strings.Contains(b.Reason, "flagged or banned sources in") {
 			t.Errorf("ban %v reason %q does not say why", p, b.Reason)
+		}
+	}
+	// Ten bots per /24: aggregated into prefix bans like the others.
+	for i := 0; i < 40; i += 10 {
+		if p, _ := bot(i).Prefix(24); s.bans[p].Prefix != p {
+			t.Errorf("the ten bots in %v were not aggregated into one ban: %v", p, s.bans)
 		}
 	}
 	if len(s.bans) > cfg.MaxBans {
@@ -524,6 +530,7 @@ func TestOverloadIncidentSurvivesRestore(t *testing.T) {
 	v := addrPort("10.0.0.1:443")
 	for i := range 3 {
 		crowd(s, v, i*600, 600)
+		s.kernel.PassiveOpens += 550 // a real kernel's counters are never all zero
 		s.kernel.ListenDrops += 50
 		s.tick(time.Second)
 	}
@@ -561,5 +568,82 @@ func TestOverloadIncidentSurvivesRestore(t *testing.T) {
 	}
 	if len(stages) == 0 || stages[len(stages)-1] != StageResolved || slices.Contains(stages, StageOpened) {
 		t.Errorf("restored overload incident's stages %v, want it to resolve without opening again", stages)
+	}
+}
+
+// After a restart (State, Restore) in the middle of a slow botnet's
+// flood, the bots are still banned once they have sent for
+// service_ban_after: the restored flood epoch starts when time is known
+// again, not at zero.
+func TestSlowBotnetBannedAfterRestore(t *testing.T) {
+	cfg := DefaultConfig()
+	s := newSim(t, cfg, Options{Enforce: true})
+	v := addrPort("10.0.0.1:443")
+	bot := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(i / 10), byte(1 + i%10)}) }
+	send := func() {
+		clients(s, 5, 2)
+		for i := range 40 {
+			s.send(bot(i), v, 25, 0)
+		}
+		s.tick(time.Second)
+	}
+	for range 3 {
+		send()
+	}
+	if !s.d.UnderFlood(v) || len(s.bans) != 0 {
+		t.Fatalf("before the restart: under flood %v, bans %v; want a flood and no ban yet", s.d.UnderFlood(v), s.bans)
+	}
+	d := New(cfg, Options{Enforce: true})
+	if err := d.Restore(s.d.State()); err != nil {
+		t.Fatal(err)
+	}
+	s.d = d
+	for range 10 {
+		send()
+	}
+	for i := range 40 {
+		banned := false
+		for p := range s.bans {
+			banned = banned || p.Contains(bot(i))
+		}
+		if !banned {
+			t.Fatalf("bot %v not banned 10 s after a restore mid-flood (bans %v)", bot(i), s.bans)
+		}
+	}
+}
+
+// The kernel's drops are the host's. A busy service at its normal rate
+// with a stray drop now and then, or a busy service beside another one
+// under a flood, is not an overload.
+func TestNoOverloadFromStrayOrForeignDrops(t *testing.T) {
+	cfg := DefaultConfig()
+	s := newSim(t, cfg, Options{Enforce: true})
+	busy := addrPort("10.0.0.1:443")
+	for sec := range 120 {
+		crowd(s, busy, sec*300, 300) // 300 new completing clients a second
+		s.kernel.PassiveOpens += 300
+		if sec%20 == 0 {
+			s.kernel.ListenDrops++ // a stray drop
+		}
+		s.tick(time.Second)
+	}
+	// Another service is flooded; the kernel drops hundreds a second.
+	r := rand.New(rand.NewPCG(41, 42))
+	for sec := range 10 {
+		crowd(s, busy, 40_000+sec*300, 300)
+		spoofed(s, r, addrPort("10.0.0.1:8443"), 5000)
+		s.kernel.PassiveOpens += 300
+		s.kernel.ListenDrops += 500
+		s.tick(time.Second)
+	}
+	for _, dec := range s.all {
+		for _, inc := range dec.Incidents {
+			if inc.Kind == KindOverload {
+				t.Fatalf("overload incident for %s: %s", inc.Addr, inc.Reason)
+			}
+		}
+	}
+	if !s.d.UnderFlood(addrPort("10.0.0.1:8443")) {
+		t.Error("the flooded service was not flagged")
 	}
 }

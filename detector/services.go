@@ -109,6 +109,7 @@ func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *D
 		if sv.inc != nil {
 			sv.inc.SYN += dsyn
 			sv.inc.ACK += dack
+			sv.inc.halfOpenSYN += dsyn - min(dsyn, dack)
 		}
 
 		// A baseline still being learned holds normal traffic only (see
@@ -160,11 +161,41 @@ func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *D
 			d.alarmService(sv, now, rate, ackRate, mu, sd, limit, extraShare, learned, dsyn, dack, out)
 		} else if sv.inc == nil {
 			d.learnService(sv, x, xack, dt, learned, limit)
-			if drops > 0 && rate >= d.cfg.ServiceSYNRate {
-				d.overload(sv, now, rate, extraShare, drops, dsyn, dack, out)
+			// A capacity problem: a busy service whose SYNs mostly
+			// complete while the kernel drops at least one handshake per
+			// hundred of its SYNs. The drops are the host's: a stray one
+			// is no overload, and while a flood incident is open the
+			// flood explains them.
+			if drops > 0 && drops*100 >= dsyn && rate >= d.cfg.ServiceSYNRate && extraShare < d.cfg.ServiceHalfOpen {
+				d.overloaded = append(d.overloaded, overloadCandidate{sv, rate, extraShare, dsyn, dack})
 			}
 		}
 	}
+	// Judged once every service is: a flood anywhere explains the drops.
+	if len(d.overloaded) == 0 {
+		return
+	}
+	flooded := d.flood.inc != nil
+	for _, sv := range d.svcs {
+		if flooded {
+			break
+		}
+		flooded = sv.inc != nil
+	}
+	if !flooded {
+		for _, c := range d.overloaded {
+			d.overload(c.sv, now, c.rate, c.extraShare, drops, c.dsyn, c.dack, out)
+		}
+	}
+	d.overloaded = d.overloaded[:0]
+}
+
+// overloadCandidate is a busy service whose SYNs complete while the kernel
+// drops handshakes, waiting for the snapshot's other services to be judged.
+type overloadCandidate struct {
+	sv               *service
+	rate, extraShare float64
+	dsyn, dack       uint64
 }
 
 // handshakeDrops is how many handshakes the kernel dropped since the
@@ -172,6 +203,9 @@ func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *D
 // some kernels count SYN-queue drops only as ReqQFullDrop).
 func (d *Detector) handshakeDrops() uint64 {
 	cur, prev := d.kern.latest(), d.kernBase
+	if prev.empty() {
+		return 0 // no previous reading (the first, or after a failed one)
+	}
 	return max(sub(cur.ListenDrops, prev.ListenDrops), sub(cur.ListenOverflows, prev.ListenOverflows)+sub(cur.ReqQFullDrop, prev.ReqQFullDrop))
 }
 
@@ -249,12 +283,15 @@ func (d *Detector) alarmService(sv *service, now int64, rate, ackRate, mu, sd, l
 			return
 		}
 		inc := d.openIncident(KindService, addr, now, dsyn, dack)
+		inc.halfOpenSYN = dsyn - min(dsyn, dack)
 		inc.Service = sv.addr
 		inc.SYNThreshold = math.Max(d.cfg.ServiceSYNRate, limit)
 		inc.HalfOpenThreshold = d.cfg.ServiceHalfOpen
 		inc.BaselineSYNPerSecond = mu
 		sv.inc = inc
 		d.fillIncident(inc, rate, extraShare, reason, now)
+		d.measureUntracked(inc)
+		d.judgeVerdict(inc)
 		out.Incidents = append(out.Incidents, inc.Incident)
 		return
 	}

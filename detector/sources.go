@@ -399,12 +399,12 @@ func (f *floodEpoch) start(now int64) {
 	f.top = f.top[:0]
 }
 
-// count adds dsyn half-open SYNs of source i, read at now, to the epoch.
-func (f *floodEpoch) count(t *sourceTable, i int32, dsyn uint32, k int, now int64) {
+// count adds dsyn half-open SYNs of source i, sent since from, to the epoch.
+func (f *floodEpoch) count(t *sourceTable, i int32, dsyn uint32, k int, from int64) {
 	s := t.s.at(i)
 	if s.epoch != f.epoch {
 		s.epoch, s.epochSYN = f.epoch, 0
-		s.epochFrom = uint16(min((max(now-f.startAt, 0)+1e9-1)/1e9, math.MaxUint16-1)) + 1
+		s.epochFrom = uint16(min((max(from-f.startAt, 0)+1e9-1)/1e9, math.MaxUint16-1)) + 1
 		s.flags &^= flagEpochACK
 		f.distinct++
 	}

@@ -117,7 +117,8 @@ func (d *Detector) Restore(st State) error {
 			return fmt.Errorf("restore detector state: ban %q: invalid prefix or length", b.Prefix)
 		}
 		nb := &ban{Ban: b.Ban, length: b.Length, lastActive: b.LastActive.UnixNano(), dropped: b.Dropped}
-		d.bans[b.Prefix.Masked()] = nb
+		nb.Prefix = b.Prefix.Masked()
+		d.storeBan(nb)
 	}
 	for _, a := range st.Services {
 		sv := d.service(a.Addr, a.LastSeen.UnixNano())
@@ -128,6 +129,9 @@ func (d *Detector) Restore(st State) error {
 	}
 	for _, is := range st.Incidents {
 		inc := &incident{Incident: is.Incident, kernAtOpen: is.KernelAtOpen, lastUpdate: is.UpdatedAt.UnixNano(), src: -1}
+		if inc.Verdict == "" { // saved before verdicts existed
+			inc.Verdict = map[Kind]Verdict{KindSource: VerdictSingleSource, KindService: VerdictDistributed, KindOverload: VerdictOverload}[is.Kind]
+		}
 		last := is.LastFlagged.UnixNano()
 		switch is.Kind {
 		case KindSource:
