@@ -105,19 +105,12 @@ func describe(e Event) view {
 	switch {
 	case in.Kind == detector.KindOverload:
 		from = "verdict " + in.VerdictText()
+	case in.Kind == detector.KindService && in.Verdict != "":
+		// The detector's verdict, with the figure behind it (live, a
+		// spoofed flood's sources are mostly never read one by one).
+		from = "verdict " + in.VerdictText() + topText(in)
 	case in.Kind == detector.KindService && in.DistinctSources > 1:
-		from = fmt.Sprintf("%s distinct sources, likely spoofed", group(uint64(in.DistinctSources)))
-		if in.Verdict != "" {
-			// The detector's verdict, with the figure behind it.
-			from = "verdict " + in.VerdictText()
-		}
-		if len(in.TopSources) > 0 {
-			var top []string
-			for _, s := range in.TopSources[:min(3, len(in.TopSources))] {
-				top = append(top, fmt.Sprintf("%s %s SYN/s", s.Addr, group(uint64(s.SYNPPS+0.5))))
-			}
-			from += " (top: " + strings.Join(top, ", ") + ")"
-		}
+		from = fmt.Sprintf("%s distinct sources, likely spoofed", group(uint64(in.DistinctSources))) + topText(in)
 	case in.Kind == detector.KindService && len(in.TopSources) == 1:
 		from = "source " + in.TopSources[0].Addr.String()
 	case in.Kind == detector.KindService:
@@ -210,6 +203,19 @@ func banAction(e Event) string {
 		bans = append(bans, fmt.Sprintf("and %d more bans", n))
 	}
 	return strings.Join(bans, "; ")
+}
+
+// topText is " (top: A n SYN/s, …)" for a service incident's three busiest
+// sources, or "".
+func topText(in detector.Incident) string {
+	if len(in.TopSources) == 0 {
+		return ""
+	}
+	var top []string
+	for _, s := range in.TopSources[:min(3, len(in.TopSources))] {
+		top = append(top, fmt.Sprintf("%s %s SYN/s", s.Addr, group(uint64(s.SYNPPS+0.5))))
+	}
+	return " (top: " + strings.Join(top, ", ") + ")"
 }
 
 func prefixText(p netip.Prefix) string {

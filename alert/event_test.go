@@ -76,3 +76,13 @@ func TestOverloadSaysCapacityNotAttack(t *testing.T) {
 		}
 	}
 }
+
+// Live, a spoofed flood's sources are mostly never read one by one: its
+// alert still states the verdict with the figure behind it.
+func TestLiveSpoofedAlertStatesVerdict(t *testing.T) {
+	in := serviceIncident("spf", detector.StageOpened, detector.SeverityCritical)
+	in.Verdict, in.DistinctSources, in.TopSources, in.UntrackedSYNShare = detector.VerdictSpoofed, 0, nil, 0.99
+	if from := describe(event(in, ModeEnforce)).From; !strings.Contains(from, "verdict spoofed: 99% of the flood's SYNs came from sources that each sent too few SYNs to be tracked") {
+		t.Errorf("From: %q, want the verdict and its figure", from)
+	}
+}

@@ -113,7 +113,11 @@ func TestLaunchDayFloodOnNeverSeenService(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "s.sock")
 	cfg := filepath.Join(dir, "synguard.yaml")
-	text := fmt.Sprintf(`interfaces: [%s]
+	// writeConfig points the daemon at a state directory: the restart
+	// below uses a new one, so the second daemon restores no incident and
+	// must find the flood itself, with no baseline.
+	writeConfig := func(state string) {
+		text := fmt.Sprintf(`interfaces: [%s]
 mode: enforce
 attach: native
 socket: %s
@@ -121,10 +125,12 @@ state_dir: %s
 bpffs: /sys/fs/bpf/synguard-test-pl-%d
 metrics_addr: ""
 protect: {default_gateways: false, ssh_ports: []}
-`, srv.Iface, sock, filepath.Join(dir, "state"), os.Getpid())
-	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
+`, srv.Iface, sock, filepath.Join(dir, state), os.Getpid())
+		if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
+	writeConfig("state")
 	var daemons []*testbed.Proc
 	start := func() *testbed.Proc {
 		p, err := srv.Start(bin, "run", "--config", cfg)
@@ -204,6 +210,7 @@ protect: {default_gateways: false, ssh_ports: []}
 	if err := daemon.Wait(); err != nil {
 		t.Logf("daemon exit: %v", err)
 	}
+	writeConfig("state-after-restart")
 	restartAt := time.Now()
 	start()
 	since2 := protectedSince("protection on again after a restart mid-flood")
@@ -220,6 +227,9 @@ protect: {default_gateways: false, ssh_ports: []}
 		if st.Incidents[i].Addr == portal.String() {
 			inc = &st.Incidents[i]
 		}
+	}
+	if inc == nil {
+		t.Fatalf("no incident for the portal in status: %+v", st.Incidents)
 	}
 	t.Logf("flood %d SYNs (%.0f/s); protection on %v after the flood started; known client %d/%d, new client %d/%d; incident %s verdict %s",
 		sent, float64(sent)/floodFor.Seconds(), since.Sub(floodStart).Round(time.Millisecond), known[0], known[1], fresh[0], fresh[1], inc.ID, inc.Verdict)

@@ -73,7 +73,12 @@ func TestPropertyBanStateAgreesEverywhere(t *testing.T) {
 			case 8:
 				switch r.IntN(3) {
 				case 0:
-					op = fmt.Sprintf("reload: %v", errOK(h.d.Reload(h.cfg)))
+					// A changed detector key, so that the reload rebuilds the
+					// detector from its State (an unchanged file keeps it).
+					cfg := *h.cfg
+					cfg.Detector.TopSources = 10 + step%2
+					h.cfg = &cfg
+					op = fmt.Sprintf("reload (top_sources %d): %v", cfg.Detector.TopSources, errOK(h.d.Reload(h.cfg)))
 				case 1:
 					h.d.Shutdown()
 					h.clk.step(time.Duration(r.IntN(30)) * time.Second)

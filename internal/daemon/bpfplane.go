@@ -127,8 +127,11 @@ func (p *BPFPlane) readSuspects(ifc *bpfIface, r *bpf.SuspectReader) {
 			p.log.Warn("suspect event unreadable", "iface", name, "err", err)
 			continue
 		}
+		// The source as the detector knows it: summed over interfaces
+		// (the run itself is this interface's), so its SYN count
+		// compares with the detector's own.
 		sus := Suspect{Addr: ev.Addr.Unmap(), SYNs: ev.SYNs, Time: ev.Time}
-		if src, ok, err := ifc.dp.Source(ev.Addr); err == nil && ok {
+		if src, ok, err := p.Source(ev.Addr); err == nil && ok {
 			sus.FirstSeen, sus.SYN = src.FirstSeen, src.SYN
 		}
 		select {
