@@ -43,12 +43,16 @@
  *   sources      LRU_HASH key: 16-byte source address (IPv4 as ::ffff:a.b.c.d)
  *                value: struct source_stats. syn/ack/rst count SYN, ACK and
  *                RST frames that reached the stack's side of the program
- *                (not dropped by a ban or protection, nor answered with a
- *                cookie); first_seen/last_seen are
- *                kernel times (see Clock) of the first frame and the last
- *                counted frame; syn_mark is the value of syn at
- *                the last ACK; last_event is when the last suspect event was
- *                emitted; verdict caches the policy result (see
+ *                (not dropped by a ban), and SYNs that protection dropped
+ *                or answered with a cookie for a source with an entry
+ *                already (it then stays visible; such SYNs create no
+ *                entry). A known source's SYNs under protection raise syn
+ *                above syn_mark, so its next ACK to any service verifies
+ *                it, as its SYNs before protection did. first_seen and
+ *                last_seen are kernel times (see Clock) of the first frame
+ *                and the last counted frame; syn_mark is the value of syn
+ *                at the last ACK; last_event is when the last suspect
+ *                event was emitted; verdict caches the policy result (see
  *                verdict_word()). An entry is created by a counted SYN, ACK or
  *                RST, or by any TCP frame a ban matched (to cache the verdict;
  *                its counters then stay at 0).

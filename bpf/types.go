@@ -171,9 +171,10 @@ type Ban struct {
 // Source is one per-source entry: what a remote address sent.
 type Source struct {
 	Addr netip.Addr
-	// SYN, ACK and RST count frames not dropped by a ban or protection
-	// nor answered with a cookie (SYN = SYN without ACK, ACK = ACK
-	// without SYN).
+	// SYN, ACK and RST count frames not dropped by a ban (SYN = SYN
+	// without ACK, ACK = ACK without SYN). SYNs that protection drops or
+	// answers with a cookie count too once the source has an entry, but
+	// never create one.
 	SYN, ACK, RST uint64
 	// FirstSeen is the first frame, LastSeen the last counted one.
 	FirstSeen, LastSeen time.Time

@@ -54,8 +54,9 @@ type Detector struct {
 	// completeSince: every snapshot after this time was complete, so a
 	// source last seen at or after it was quiet since.
 	completeSince int64
-	// lastComplete is the last complete snapshot (or the first one): a
-	// source it did not list is newer.
+	// lastComplete is the last complete snapshot (0: none yet, as after a
+	// daemon's first snapshot, which lists no sources): a source it did
+	// not list is newer.
 	lastComplete int64
 	renewHint    time.Duration
 }

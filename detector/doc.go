@@ -28,9 +28,14 @@
 // it sets the counters and flags nothing, because cumulative counts of
 // unknown age carry no rate.
 //
-// Consequences for the caller: a full scan must come more often than
-// Config.BanGrace and Config.ResolveAfter, otherwise a source that keeps
-// sending below the suspect threshold looks quiet. While a prefix is banned
+// Consequences for the caller: a full scan should come more often than
+// Config.BanGrace, otherwise a source that keeps sending below the suspect
+// threshold looks quiet to its ban's renewal. (A source incident resolves
+// only on evidence, a reading or a complete snapshot after its last flag,
+// so sparse scans delay its resolution but do not close it early.) An early
+// warning's run of SYNs is rated only when something bounds its age: the
+// source's previous reading, a complete snapshot, or a first-seen time
+// after the detector started. While a prefix is banned
 // the data plane drops its packets before counting them; Snapshot.Bans
 // passes the per-ban drop counters, which is how the detector knows a
 // banned source keeps sending.
@@ -64,11 +69,22 @@
 //
 // # Decisions
 //
+// Every incident has a verdict: single-source for a source incident;
+// spoofed or distributed for a service flood (most of the read sources
+// sent one SYN, or most of the flood's SYNs came from sources never read
+// one by one); overload for a busy service whose clients complete their
+// handshakes while the kernel drops handshakes, which is a capacity
+// problem: nothing is banned or protected for it.
+//
 // In enforce mode a flagged source is banned unless it is protected (see
 // Options.Protected). Ban length escalates per repeat offence, bans are
 // renewed while the prefix keeps sending and lifted only after it has been
-// quiet for Config.BanGrace. Many flagged sources in one /24 or /64 become
-// one prefix ban; the number of bans is capped. Memory is bounded by
+// quiet for Config.BanGrace. While a service incident is open, a source
+// that sends half-open SYNs through it for Config.ServiceBanAfter, at
+// Config.ServiceBanSYNRate on average, without completing a handshake is
+// banned too (a slow botnet below the per-source bar). Many flagged or
+// banned sources in one /24 or /64 become one prefix ban; the number of
+// bans is capped. Memory is bounded by
 // Config.MaxSources, Config.MaxServices, Config.MaxIncidents and
 // Config.MaxBans.
 package detector
