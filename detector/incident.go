@@ -125,9 +125,10 @@ type Incident struct {
 	// Addr is the source address, or ip:port of the service ([v6]:port).
 	Addr string `json:"addr"`
 	// Verdict is what the incident is (single-source, distributed,
-	// spoofed); VerdictText says it with the figure behind it.
+	// spoofed, overload); VerdictText says it with the figure behind it.
 	Verdict Verdict `json:"verdict"`
-	// Source is set for KindSource, Service for KindService.
+	// Source is set for KindSource, Service for KindService and
+	// KindOverload.
 	Source  netip.Addr     `json:"-"`
 	Service netip.AddrPort `json:"-"`
 
@@ -153,7 +154,7 @@ type Incident struct {
 	// SYNs above its baseline (of all its SYNs while it has none).
 	SYNPerSecond  float64 `json:"syn_per_second"`
 	HalfOpenShare float64 `json:"half_open_share"`
-	// PeakSYNPerSecond is the highest smoothed SYN rate seen.
+	// PeakSYNPerSecond is the highest SYNPerSecond seen.
 	PeakSYNPerSecond float64 `json:"peak_syn_per_second"`
 	// SYNThreshold and HalfOpenThreshold are the bars the figures crossed
 	// (for a service: its baseline plus the allowed deviation, at least

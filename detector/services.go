@@ -266,17 +266,23 @@ func (d *Detector) learnService(sv *service, x, xack, dt float64, learned bool, 
 func (d *Detector) alarmService(sv *service, now int64, rate, ackRate, mu, sd, limit, extraShare float64, learned bool, dsyn, dack uint64, out *Decisions) {
 	share := halfOpen(rate, ackRate)
 	addr := sv.addr.String()
+	// The bar the rate crossed: without a learned baseline the extra SYNs
+	// themselves must reach the floor.
+	threshold := math.Max(d.cfg.ServiceSYNRate, limit)
+	if !learned {
+		threshold = math.Max(threshold, mu+d.cfg.ServiceSYNRate)
+	}
 	var reason string
 	if learned {
 		reason = fmt.Sprintf("service %s receives %s SYN/s from sources not flagged individually (over the last interval or smoothed over %v, whichever is higher) against a baseline of %s ± %s SYN/s (CUSUM %s ≥ %s); %s of the extra SYNs are half-open (overall %s); thresholds: %s SYN/s, %s half-open",
 			addr, num(rate), d.cfg.Window, num(mu), num(sd), num(sv.cusum/sd), num(d.cfg.ServiceCUSUM),
-			pct(extraShare), pct(share), num(math.Max(d.cfg.ServiceSYNRate, limit)), pct(d.cfg.ServiceHalfOpen))
+			pct(extraShare), pct(share), num(threshold), pct(d.cfg.ServiceHalfOpen))
 	} else {
 		learnt := time.Duration(-math.Log1p(-sv.w) * float64(d.cfg.ServiceBaseline)).Round(time.Second)
 		need := time.Duration(-math.Log1p(-learnedWeight) * float64(d.cfg.ServiceBaseline)).Round(time.Second)
 		reason = fmt.Sprintf("service %s receives %s SYN/s from sources not flagged individually (over the last interval or smoothed over %v, whichever is higher); its baseline (%s SYN/s) has learned from %v of normal traffic, not yet the %v it needs, so it is judged against the floors; %s of the extra SYNs are half-open (overall %s); thresholds: %s SYN/s, %s half-open",
 			addr, num(rate), d.cfg.Window, num(mu), learnt, need,
-			pct(extraShare), pct(share), num(limit), pct(d.cfg.ServiceHalfOpen))
+			pct(extraShare), pct(share), num(threshold), pct(d.cfg.ServiceHalfOpen))
 	}
 	if sv.inc == nil {
 		if d.open >= d.cfg.MaxIncidents {
@@ -285,7 +291,7 @@ func (d *Detector) alarmService(sv *service, now int64, rate, ackRate, mu, sd, l
 		inc := d.openIncident(KindService, addr, now, dsyn, dack)
 		inc.halfOpenSYN = dsyn - min(dsyn, dack)
 		inc.Service = sv.addr
-		inc.SYNThreshold = math.Max(d.cfg.ServiceSYNRate, limit)
+		inc.SYNThreshold = threshold
 		inc.HalfOpenThreshold = d.cfg.ServiceHalfOpen
 		inc.BaselineSYNPerSecond = mu
 		sv.inc = inc
