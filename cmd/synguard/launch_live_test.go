@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/synguard/synguard/detector"
 	"github.com/synguard/synguard/internal/api"
-	"github.com/synguard/synguard/internal/e2e"
 	"github.com/synguard/synguard/internal/testbed"
 )
 
@@ -62,30 +60,9 @@ func TestLaunchDayFloodOnNeverSeenService(t *testing.T) {
 	if testing.Short() {
 		t.Skip("floods for about 25 s; skipped with -short")
 	}
-	clean := func() { _ = e2e.CleanPins(plPinGlob) }
-	clean()
-	t.Cleanup(clean)
-	bed, err := testbed.New(t, testbed.Config{Prefix: plPrefix, Subnet: plSubnet, Hosts: []string{"old", "new", "atk"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed := overloadedBed(t, plPrefix, plSubnet, plPinGlob, plNewPort, plOldPort)
 	srv := bed.Server
-	if err := srv.Sysctl("net.ipv4.tcp_syncookies=0", "net.core.somaxconn=64", "net.ipv4.tcp_max_syn_backlog=64", "net.ipv4.tcp_no_metrics_save=1"); err != nil {
-		t.Fatal(err)
-	}
 	portal, older := netip.AddrPortFrom(srv.Addr4, plNewPort), netip.AddrPortFrom(srv.Addr4, plOldPort)
-	for _, port := range []uint16{plNewPort, plOldPort} {
-		stop, err := srv.ServeGreeting(port)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(stop)
-	}
-	detachPeer, err := bed.PassXDPOnServerPeer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(detachPeer)
 	flood := func(d time.Duration) (wait func() (int, error)) {
 		var sent int
 		var ferr error
@@ -149,11 +126,7 @@ protect: {default_gateways: false, ssh_ports: []}
 			}
 		}
 	})
-	status := func() (api.Status, bool) {
-		r := runBin(t, "status", "--json", "--socket", sock)
-		var st api.Status
-		return st, r.code == 0 && json.Unmarshal([]byte(r.stdout), &st) == nil
-	}
+	status := statusOf(t, sock)
 	waitFor(t, 15*time.Second, "daemon answering status", func() bool { _, ok := status(); return ok })
 	// The known client: it has used the older service (so the host knows
 	// it), never the new one.

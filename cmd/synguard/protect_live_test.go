@@ -29,7 +29,46 @@ const (
 	pwPinGlob = "/sys/fs/bpf/synguard-test-pw-*"
 )
 
-func cleanPWPins() { _ = e2e.CleanPins(pwPinGlob) }
+// overloadedBed builds a bed with hosts old, new and atk whose server is a
+// small portal on launch day: SYN cookies off, SYN and accept backlog 64,
+// no cached metrics. It serves a greeting on each port and keeps a
+// pass-all XDP program on the server's peer (so native XDP_TX works).
+// Pins matching pinGlob are removed before and after.
+func overloadedBed(t *testing.T, prefix string, subnet uint8, pinGlob string, ports ...uint16) *testbed.Bed {
+	t.Helper()
+	clean := func() { _ = e2e.CleanPins(pinGlob) }
+	clean()
+	t.Cleanup(clean)
+	bed, err := testbed.New(t, testbed.Config{Prefix: prefix, Subnet: subnet, Hosts: []string{"old", "new", "atk"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.Server.Sysctl("net.ipv4.tcp_syncookies=0", "net.core.somaxconn=64", "net.ipv4.tcp_max_syn_backlog=64", "net.ipv4.tcp_no_metrics_save=1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, port := range ports {
+		stop, err := bed.Server.ServeGreeting(port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(stop)
+	}
+	detach, err := bed.PassXDPOnServerPeer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(detach)
+	return bed
+}
+
+// statusOf returns a function that asks the daemon at sock for its status.
+func statusOf(t *testing.T, sock string) func() (api.Status, bool) {
+	return func() (api.Status, bool) {
+		r := runBin(t, "status", "--json", "--socket", sock)
+		var st api.Status
+		return st, r.code == 0 && json.Unmarshal([]byte(r.stdout), &st) == nil
+	}
+}
 
 // TestAutomaticProtectionDuringSpoofedFlood runs the real `synguard run`
 // in enforce mode on an overloaded server (SYN cookies off, backlog 64),
@@ -43,27 +82,9 @@ func TestAutomaticProtectionDuringSpoofedFlood(t *testing.T) {
 	if testing.Short() {
 		t.Skip("floods for 14 s; skipped with -short")
 	}
-	cleanPWPins()
-	t.Cleanup(cleanPWPins)
-	bed, err := testbed.New(t, testbed.Config{Prefix: pwPrefix, Subnet: pwSubnet, Hosts: []string{"old", "new", "atk"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed := overloadedBed(t, pwPrefix, pwSubnet, pwPinGlob, pwPort)
 	srv := bed.Server
-	if err := srv.Sysctl("net.ipv4.tcp_syncookies=0", "net.core.somaxconn=64", "net.ipv4.tcp_max_syn_backlog=64", "net.ipv4.tcp_no_metrics_save=1"); err != nil {
-		t.Fatal(err)
-	}
 	svc := netip.AddrPortFrom(srv.Addr4, pwPort)
-	stopGreeting, err := srv.ServeGreeting(pwPort)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stopGreeting)
-	detachPeer, err := bed.PassXDPOnServerPeer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(detachPeer)
 
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "s.sock")
@@ -100,14 +121,7 @@ detector: {resolve_after: 5s}
 			}
 		}
 	})
-	status := func() (api.Status, bool) {
-		r := runBin(t, "status", "--json", "--socket", sock)
-		var st api.Status
-		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &st) != nil {
-			return st, false
-		}
-		return st, true
-	}
+	status := statusOf(t, sock)
 	waitFor(t, 15*time.Second, "daemon answering status", func() bool { _, ok := status(); return ok })
 
 	// Normal traffic first, so that the detector learns the service's
