@@ -434,7 +434,7 @@ func TestBlocklistFull(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		ttl := time.Hour
 		if i == 0 {
-			ttl = 100 * time.Millisecond
+			ttl = time.Second // long enough for the 5th Block below to find it live
 		}
 		if err := d.Block(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200, 10, byte(i)}), 32), ttl); err != nil {
 			t.Fatal(err)
@@ -444,7 +444,7 @@ func TestBlocklistFull(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "blocklist full") {
 		t.Fatalf("5th ban in 4 slots: %v, want 'blocklist full'", err)
 	}
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(1100 * time.Millisecond)
 	// The expired ban's slot is reclaimed.
 	if err := d.Block(mustPrefix("10.200.10.9/32"), time.Hour); err != nil {
 		t.Fatalf("after one expired: %v", err)

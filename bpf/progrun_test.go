@@ -301,11 +301,13 @@ func TestSuspectEvents(t *testing.T) {
 	if s.Addr != cli4.Addr() || s.SYNs != 6 || s.Time.Before(before.Add(-50*time.Millisecond)) || s.Time.After(time.Now().Add(50*time.Millisecond)) {
 		t.Errorf("event %+v, want %v with 6 SYNs at about %v", s, cli4.Addr(), before)
 	}
-	// Within the interval: no second event for the same source...
+	// Within the interval: no second event for the same source (one
+	// after the interval, on a machine slow enough to get there, is
+	// allowed)...
 	for i := 0; i < 20; i++ {
 		runFrame(t, d, synFrame)
 	}
-	if s, ok := readSuspect(t, r, 50*time.Millisecond); ok {
+	if s, ok := readSuspect(t, r, 50*time.Millisecond); ok && s.Time.Sub(before) < interval {
 		t.Fatalf("second event %+v within the interval", s)
 	}
 	// ...but another source has its own budget.
