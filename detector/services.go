@@ -112,10 +112,6 @@ func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *D
 			sv.inc.halfOpenSYN += dsyn - min(dsyn, dack)
 		}
 
-		// A baseline still being learned holds normal traffic only (see
-		// learnService), so it says which SYNs and ACKs are extra; it is
-		// too short for its spread to be trusted, so it cannot open an
-		// incident by CUSUM, and its limit is at least the floor.
 		// The rates judged: the smoothed ones, or this interval's when it
 		// is busier, so that a flood at the floor is seen in its first
 		// interval instead of after the EWMA has caught up with it (63%
@@ -124,6 +120,10 @@ func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *D
 		if x > rate {
 			rate, ackRate = x, xack
 		}
+		// A baseline still being learned holds normal traffic only (see
+		// learnService), so it says which SYNs and ACKs are extra; it is
+		// too short for its spread to be trusted, so it cannot open an
+		// incident by CUSUM, and its limit is at least the floor.
 		learned := sv.w >= learnedWeight
 		mu, sd, muAck := sv.baseline()
 		limit := mu + d.cfg.ServiceDeviations*sd
@@ -142,9 +142,9 @@ func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *D
 		// the rate of this interval is above the limit. The sum is capped so
 		// that it drains within seconds once the flood stops. No learned
 		// baseline (a new service, a daemon with no saved state): the
-		// absolute floors alone open it, from the first sample on.
-		// Opening also needs the smoothed rate at the threshold the incident
-		// reports, so that its figures never contradict its opening.
+		// absolute floors alone open it, from the first sample on. Either
+		// way opening also needs the judged rate at the threshold the
+		// incident reports, so that its figures never contradict it.
 		var opens bool
 		if learned {
 			h := d.cfg.ServiceCUSUM * sd
@@ -164,8 +164,8 @@ func (d *Detector) observeServices(s Snapshot, now int64, dtPrev float64, out *D
 			// A capacity problem: a busy service whose SYNs mostly
 			// complete while the kernel drops at least one handshake per
 			// hundred of its SYNs. The drops are the host's: a stray one
-			// is no overload, and while a flood incident is open the
-			// flood explains them.
+			// is no overload, and a flood anywhere explains them (judged
+			// below, once every service has been).
 			if drops > 0 && drops*100 >= dsyn && rate >= d.cfg.ServiceSYNRate && extraShare < d.cfg.ServiceHalfOpen {
 				d.overloaded = append(d.overloaded, overloadCandidate{sv, rate, extraShare, dsyn, dack})
 			}
