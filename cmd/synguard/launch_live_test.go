@@ -108,24 +108,8 @@ protect: {default_gateways: false, ssh_ports: []}
 		}
 	}
 	writeConfig("state")
-	var daemons []*testbed.Proc
-	start := func() *testbed.Proc {
-		p, err := srv.Start(bin, "run", "--config", cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		daemons = append(daemons, p)
-		return p
-	}
+	start := daemonStarter(t, srv, cfg)
 	daemon := start()
-	t.Cleanup(func() {
-		for i, p := range daemons {
-			p.Stop()
-			if t.Failed() {
-				t.Logf("daemon %d log:\n%s", i+1, p.Output())
-			}
-		}
-	})
 	status := statusOf(t, sock)
 	waitFor(t, 15*time.Second, "daemon answering status", func() bool { _, ok := status(); return ok })
 	// The known client: it has used the older service (so the host knows

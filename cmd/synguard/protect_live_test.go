@@ -61,6 +61,30 @@ func overloadedBed(t *testing.T, prefix string, subnet uint8, pinGlob string, po
 	return bed
 }
 
+// daemonStarter returns a function that starts `synguard run --config cfg`
+// in ns; every daemon it started is stopped at cleanup, and its log shown
+// when the test failed.
+func daemonStarter(t *testing.T, ns *testbed.NS, cfg string) func() *testbed.Proc {
+	var started []*testbed.Proc
+	t.Cleanup(func() {
+		for i, p := range started {
+			p.Stop()
+			if t.Failed() {
+				t.Logf("daemon %d log:\n%s", i+1, p.Output())
+			}
+		}
+	})
+	return func() *testbed.Proc {
+		t.Helper()
+		p, err := ns.Start(bin, "run", "--config", cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		started = append(started, p)
+		return p
+	}
+}
+
 // statusOf returns a function that asks the daemon at sock for its status.
 func statusOf(t *testing.T, sock string) func() (api.Status, bool) {
 	return func() (api.Status, bool) {
@@ -104,23 +128,8 @@ detector: {resolve_after: 5s}
 	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs []*testbed.Proc
-	startDaemon := func() *testbed.Proc {
-		p, err := srv.Start(bin, "run", "--config", cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		logs = append(logs, p)
-		return p
-	}
+	startDaemon := daemonStarter(t, srv, cfg)
 	daemon := startDaemon()
-	t.Cleanup(func() {
-		if t.Failed() {
-			for i, p := range logs {
-				t.Logf("daemon %d log:\n%s", i+1, p.Output())
-			}
-		}
-	})
 	status := statusOf(t, sock)
 	waitFor(t, 15*time.Second, "daemon answering status", func() bool { _, ok := status(); return ok })
 
