@@ -500,6 +500,14 @@ func TestLiftThenRenewedFloodBansAgain(t *testing.T) {
 	if ex := s.d.Explain(a); ex.Ban != nil {
 		t.Fatalf("explain after Lift: %+v", ex.Ban)
 	}
+	// The flood has stopped: its smoothed rate, still above the bar for
+	// seconds, does not ban the source again.
+	for range 2 {
+		s.send(a, web, 0, 0)
+		if dec := s.tick(250 * time.Millisecond); len(dec.Bans) > 0 {
+			t.Fatalf("re-banned on the old figures right after Lift: %+v", dec.Bans)
+		}
+	}
 	var again *Ban
 	for range 3 {
 		s.send(a, web, 500, 0)

@@ -207,6 +207,17 @@ func (d *Detector) Lift(p netip.Prefix) bool {
 		return false
 	}
 	d.dropBan(p)
+	// The operator's lift outranks the evidence so far: a host's smoothed
+	// rates restart at zero, so that only new SYNs (a renewed flood) ban
+	// it again, not the figures behind this ban, which take seconds to
+	// decay. (A prefix's sources keep theirs: finding them all would cost
+	// a walk of every source.)
+	if p.IsSingleIP() {
+		if i, ok := d.sources.lookup(p.Addr()); ok {
+			st := d.sources.s.at(i)
+			st.synRate, st.ackRate = 0, 0
+		}
+	}
 	return true
 }
 
